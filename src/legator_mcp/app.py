@@ -1,0 +1,147 @@
+"""The composition root: build the database, services and adapters once, and tie their lifetimes together."""
+
+import getpass
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Route
+
+from legator_mcp import __version__
+from legator_mcp.app_context import AppContext
+from legator_mcp.audit.service import AuditService
+from legator_mcp.auth.service import AuthService
+from legator_mcp.db.base import utcnow
+from legator_mcp.db.migrate import upgrade
+from legator_mcp.db.session import Database
+from legator_mcp.mcp.server import build_mcp_server
+from legator_mcp.observability import Metrics
+from legator_mcp.principal import Permission, Principal, PrincipalKind
+from legator_mcp.ratelimit import RateLimiter
+from legator_mcp.rest._errors import EXCEPTION_HANDLERS
+from legator_mcp.rest._middleware import BodyLimitMiddleware, RequestContextMiddleware, SecurityHeadersMiddleware
+from legator_mcp.rest.app import build_route_table
+from legator_mcp.rest.openapi import build_openapi
+from legator_mcp.settings import Settings
+
+__all__ = ["LegatorApp", "build_app", "build_services", "local_operator", "start_services"]
+
+logger = logging.getLogger("legator")
+
+
+def local_operator() -> Principal:
+    """The identity of someone at this machine's console (stdio MCP, ``--no-auth``)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # pragma: no cover - no passwd entry in some containers
+        user = "unknown"
+    return Principal(PrincipalKind.USER, f"local:{user}", f"local-{user}", frozenset({Permission.ADMIN}))
+
+
+def build_services(settings: Settings) -> AppContext:
+    """Construct every service (no I/O happens here)."""
+    database = Database(settings.effective_database_url)
+    metrics = Metrics()
+    audit = AuditService(database=database)
+    auth = AuthService(database=database, audit=audit)
+    return AppContext(
+        settings=settings,
+        database=database,
+        audit=audit,
+        auth=auth,
+        metrics=metrics,
+        rate_limiter=RateLimiter(settings.rate_limit_per_minute),
+        local_principal=local_operator(),
+        started_at=utcnow(),
+        version=__version__,
+    )
+
+
+async def start_services(services: AppContext) -> str | None:
+    """Migrate the database and create the first admin key when the database is new.
+
+    Returns:
+        The new admin key, if one was created (it is also in ``<data-dir>/admin-api-key``).
+    """
+    services.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await upgrade(services.database)
+    if services.settings.auth_enabled:
+        return await services.auth.ensure_bootstrap_key(services.settings.data_dir)
+    return None
+
+
+class LegatorApp:
+    """The running control plane: the ASGI app plus handles tests and the CLI need."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.services = build_services(settings)
+        self.mcp, self.mcp_registry = build_mcp_server(
+            self.services, http_auth=settings.auth_enabled, base_url=settings.public_url,
+            local_principal=None if settings.auth_enabled else self.services.local_principal,
+        )  # fmt: skip
+        self.route_table = build_route_table()
+        self.new_admin_key: str | None = None
+        self.started = anyio.Event()
+        """Set once the database is migrated and the MCP session manager runs (requests can be served)."""
+        self.asgi = self._build_asgi()
+
+    def _transport_security(self) -> TransportSecuritySettings:
+        port = self.settings.port
+        hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", *self.settings.mcp_allowed_hosts]
+        origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*", *self.settings.mcp_allowed_origins]
+        if self.settings.host not in {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}:
+            hosts += [self.settings.host, f"{self.settings.host}:{port}"]
+        if self.settings.public_url:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.settings.public_url)
+            if parts.netloc:
+                hosts.append(parts.netloc)
+                origins.append(f"{parts.scheme}://{parts.netloc}")
+        return TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=origins)
+
+    def _build_asgi(self) -> Starlette:
+        mcp_http = self.mcp.streamable_http_app(
+            streamable_http_path="/mcp",
+            transport_security=self._transport_security(),
+            max_request_body_size=self.settings.max_body_bytes,
+            host=self.settings.host,
+        )
+        mcp_routes: list[BaseRoute] = [
+            Route(route.path, endpoint=mcp_http) for route in mcp_http.routes if isinstance(route, Route)
+        ]
+
+        @asynccontextmanager
+        async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
+            self.new_admin_key = await start_services(self.services)
+            try:
+                async with self.mcp.session_manager.run():
+                    self.started.set()
+                    yield {}
+            finally:
+                await self.services.database.dispose()
+
+        app = Starlette(
+            routes=[*self.route_table.starlette_routes(), *mcp_routes],
+            middleware=[
+                Middleware(RequestContextMiddleware, metrics=self.services.metrics),
+                Middleware(SecurityHeadersMiddleware, hsts=(self.settings.public_url or "").startswith("https://")),
+                Middleware(BodyLimitMiddleware, max_bytes=self.settings.max_body_bytes),
+            ],
+            exception_handlers=EXCEPTION_HANDLERS,
+            lifespan=lifespan,
+        )
+        app.state.services = self.services
+        app.state.openapi = build_openapi(self.route_table.specs, version=self.services.version)
+        return app
+
+
+def build_app(settings: Settings) -> LegatorApp:
+    """Build the control plane for ``settings``."""
+    return LegatorApp(settings)

@@ -1,0 +1,30 @@
+"""The bundle of services every adapter works on, built once by the composition root (:mod:`legator_mcp.app`)."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from legator_mcp.audit.service import AuditService
+from legator_mcp.auth.service import AuthService
+from legator_mcp.db.session import Database
+from legator_mcp.observability import Metrics
+from legator_mcp.principal import Principal
+from legator_mcp.ratelimit import RateLimiter
+from legator_mcp.settings import Settings
+
+__all__ = ["AppContext"]
+
+
+@dataclass
+class AppContext:
+    """Services and shared state; MCP tools reach it through the lifespan context, REST through ``app.state``."""
+
+    settings: Settings
+    database: Database
+    audit: AuditService
+    auth: AuthService
+    metrics: Metrics
+    rate_limiter: RateLimiter
+    local_principal: Principal
+    """Who a caller is when no credential can exist: ``--no-auth`` mode, or the embedded stdio MCP server."""
+    started_at: datetime
+    version: str

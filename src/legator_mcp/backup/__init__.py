@@ -1,0 +1,1 @@
+"""Online, verified database backups with age-based cleanup."""

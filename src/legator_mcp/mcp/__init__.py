@@ -1,0 +1,1 @@
+"""The MCP adapter: tools, resources and prompts over the service layer, served over stdio and Streamable HTTP."""

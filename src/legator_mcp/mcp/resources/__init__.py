@@ -1,0 +1,1 @@
+"""MCP resources (registered from the tool modules of each domain)."""

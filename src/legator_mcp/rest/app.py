@@ -1,0 +1,18 @@
+"""Assemble the REST route table from every domain's routes module."""
+
+from collections.abc import Callable
+
+from legator_mcp.rest._routing import RouteTable
+from legator_mcp.rest.routes import audit, auth, system
+
+__all__ = ["REGISTRARS", "build_route_table"]
+
+REGISTRARS: list[Callable[[RouteTable], None]] = [system.register, auth.register, audit.register]
+
+
+def build_route_table() -> RouteTable:
+    """Return the table of every REST route."""
+    table = RouteTable()
+    for register in REGISTRARS:
+        register(table)
+    return table

@@ -1,0 +1,94 @@
+"""Control-plane configuration, read from ``LEGATOR_*`` environment variables and CLI flags.
+
+Build :class:`Settings` once (in the CLI) and pass it down; nothing reads the environment at import time.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "parse_listen_addr"]
+
+MiB = 1024 * 1024
+
+
+def parse_listen_addr(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (IPv6 as ``[::1]:8080``) into its parts.
+
+    Raises:
+        ValueError: If the address has no port or the port is out of range.
+    """
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"listen address must look like HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"listen port must be a number from 0 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+class Settings(BaseSettings):
+    """Everything the control plane can be configured with (see docs/configuration.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="LEGATOR_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(default=Path("./legator-data"), description="Directory for the database, keys and backups.")
+    listen_addr: str = Field(default="127.0.0.1:8080", description="HOST:PORT the server binds.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default is an SQLite file legator.db in the data dir."
+    )
+    auth_enabled: bool = Field(default=True, description="Require credentials on every API, MCP and console call.")
+    max_body_bytes: int = Field(default=4 * MiB, gt=0, description="Largest accepted request body (413 above it).")
+    public_url: str | None = Field(default=None, description="External base URL used in links and install commands.")
+    mcp_allowed_hosts: list[str] = Field(
+        default_factory=list, description="Extra Host header values accepted on /mcp (DNS-rebinding protection)."
+    )
+    mcp_allowed_origins: list[str] = Field(default_factory=list, description="Extra Origin values accepted on /mcp.")
+    master_key: SecretStr | None = Field(
+        default=None, description="Base64 master key; default is generated once into <data_dir>/master.key."
+    )
+    rate_limit_per_minute: int = Field(default=1200, ge=0, description="Requests per minute per principal; 0 = off.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("listen_addr")
+    @classmethod
+    def _check_listen_addr(cls, value: str) -> str:
+        parse_listen_addr(value)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://", "sqlite://", "postgresql://")):
+            raise ValueError("database_url must be sqlite+aiosqlite://… or postgresql+asyncpg://…")
+        if value.startswith("sqlite://"):
+            value = "sqlite+aiosqlite://" + value.removeprefix("sqlite://")
+        elif value.startswith("postgresql://"):
+            value = "postgresql+asyncpg://" + value.removeprefix("postgresql://")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> "Settings":
+        self.data_dir = self.data_dir.expanduser().absolute()
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL to use, defaulting to ``<data_dir>/legator.db``."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'legator.db'}"
+
+    @property
+    def host(self) -> str:
+        """The bind host."""
+        return parse_listen_addr(self.listen_addr)[0]
+
+    @property
+    def port(self) -> int:
+        """The bind port."""
+        return parse_listen_addr(self.listen_addr)[1]
