@@ -6,26 +6,36 @@ are stored or shown. Every secret found is replaced by `REDACTED`. Where the sec
 a label (`password=`, `Authorization: Bearer `, `://user:`), the label stays and only the value
 goes, so the text still says *what* was hidden.
 
-How it works: an ordered table of precompiled rules, each one `re.sub` pass. A rule names the
-part it hides with `v…` groups; a check may veto a match (a placeholder such as `********` or
-`${DB_PASSWORD}`, a `session=` value too short to be a token, a `PWD=/home/x` path). Every
-repetition in every pattern either starts only at the beginning of a run (a negative lookbehind
-of the run's own class) or stops at a delimiter that cannot repeat inside it, so one pass is
-linear in the input: there is no input on which the sanitiser backtracks catastrophically.
+How it works: an ordered table of precompiled rules, one `re.sub` pass each: private-key blocks,
+HTTP credential headers, URL userinfo, some thirty vendor token formats recognised by prefix
+(AWS, GitHub, GitLab, Slack, Stripe, OpenAI, Vault, Legator's `lgk_`/`lpc_`/`lrt_`, JWTs …),
+then values under a secret-named label in every common syntax (env, shell, INI, YAML, JSON,
+XML, URL query, CLI flags, SQL, .netrc, `vault read` tables, k8s `name`/`value` pairs). A rule
+names the part it hides with `v…` groups, and a check may veto a match. Every repetition either
+starts only at the beginning of a run (a lookbehind on the run's own class) or is possessive and
+stops at a delimiter, so each pass is linear in the input: no input backtracks catastrophically.
 
 Judgement calls:
 
-* False positives are cheaper than leaks. `token: expired` loses `expired`; a long mixed-case
-  word after "Bearer" is hidden.
-* Bare password *hashes* (htpasswd, /etc/shadow, `$argon2id$…`) are kept: they are verifiers
-  that operators need when debugging auth, and they cannot be replayed. A hash under a
-  secret-named key (`password_hash: …`) is still hidden, like anything under such a key.
-* Public material is kept: certificates, `ssh-rsa` public keys, Stripe `pk_live_` keys, AWS
-  key *ids* other than access keys (`AIDA…`, `AROA…`), `certificate-authority-data`.
-* Values that are clearly not secrets are kept under a secret label: empty, masked (`***`,
-  `xxxx`), environment or template references (`$VAR`, `${VAR}`, `%VAR%`, `{{ … }}`,
-  `<token>`), `null`/`none`/`true`/`false`, and `[REDACTED]` itself, which makes
+* False positives are cheaper than leaks: `invalid token: bad signature` loses `bad`, and a
+  long mixed-case word after "Bearer" is hidden.
+* A name is secret when it *ends* in a secret word (`DB_PASSWORD`, `clientSecret`,
+  `X-Api-Key`), so `password_min_length`, `token_count`, `max_tokens` and `passwordless` are
+  not. Words that also name harmless things need a value that looks the part: `auth` (`auth:
+  ldap` stays), `session` (`session=3` stays), `pwd` (`PWD=/root` stays).
+* Bare password *hashes* (htpasswd, /etc/shadow, `$argon2id$…`) are kept: operators need them
+  when debugging authentication and they cannot be replayed. A hash under a secret-named key
+  (`password_hash: …`) is hidden like anything else under such a key.
+* Public material is kept: certificates, public keys, Stripe `pk_live_` keys, AWS ids other
+  than access key ids (`AIDA…`), `certificate-authority-data`, `client-certificate-data`.
+* Values that are not secrets are kept under a secret label: empty, masked (`****`, `xxxx`),
+  references and templates (`$VAR`, `${VAR}`, `%VAR%`, `{{ … }}`, `${{ … }}`, `<token>`,
+  `%s`, `{password}`), `null`/`none`/`true`/`false`, and `[REDACTED]` itself, which makes
   `sanitize` idempotent.
+* Short command-line flags are ambiguous (`-p` is a port for ssh, a password for mysql), so
+  `-p`, `-a`, `-w`, `-P` and `-u user:pass` count only on a line that names the tool.
+* Limits: a secret with neither a known prefix nor a label (a raw 40-character AWS secret key on
+  its own line, the output of `base64 -d`) is indistinguishable from other text and passes.
 """
 
 import re
@@ -60,7 +70,7 @@ _SEP_CLASS = r"[_.\-]"
 _OWNERS = "api app auth hmac access shared client secret master signing private account session preshared encryption"
 _GLUED = [
     *"password passwort passwd passphrase secret token credential credentials cookie cookies authorization".split(),
-    *"storepass keypass sessionid sessid".split(),
+    *"storepass keypass requirepass masterauth sessionid sessid".split(),
     *(f"{owner}{sep}key" for owner in (*_OWNERS.split(), "subscription") for sep in ("", _SEP_CLASS)),
     *(
         f"{word}{sep}{kind}"
@@ -84,8 +94,11 @@ _SECRET_END = "|".join(
 _NAME = rf"[A-Za-z0-9_.\-]++(?:{_SECRET_END})"
 """An identifier whose last word says it holds a secret."""
 
-_SECRET_KEY: Final = re.compile(rf"(?s:.*)(?:{_SECRET_END})", re.IGNORECASE)
-_WEAK_TAIL: Final = re.compile(r"(?:(?P<pwd>pwd)|(?P<auth>auth)|(?P<session>session(?:[_.\-]?id)?|sessid))\Z")
+_SECRET_KEY: Final = re.compile(rf"(?s:.*+)(?:{_SECRET_END})", re.IGNORECASE)
+_WEAK_TAIL: Final = re.compile(
+    r"(?<![a-z0-9])(?:(?P<pwd>pwd)|(?P<auth>auth)|(?P<session>session(?:[_.\-]?id)?))\Z|(?P<sessid>sess(?:ion)?id)\Z"
+)
+"""Secret names that also name harmless things (`auth: ldap`, `session=3`, `PWD=/root`)."""
 
 _HEADER_NAME: Final = re.compile(r"(?:[A-Za-z0-9_]+-)*(?:authorization|(?:set-)?cookie)", re.IGNORECASE)
 """Names owned by the header rules, which understand `Bearer …` and `a=1; b=2`."""
@@ -186,7 +199,8 @@ def _near(context: re.Pattern[str]) -> _Check:
         text = match.string
         low = max(0, match.start() - _CONTEXT_SPAN)
         high = min(len(text), match.end() + _CONTEXT_SPAN)
-        start = text.rfind("\n", low, match.start()) + 1 or low
+        newline = text.rfind("\n", low, match.start())
+        start = low if newline == -1 else newline + 1
         end = text.find("\n", match.end(), high)
         return context.search(text, start, high if end == -1 else end) is not None
 
@@ -255,7 +269,7 @@ def _value_rule(
         value = match.group(group)
         start, end = trim(value)
         secret = value[start:end]
-        if _PLACEHOLDER.fullmatch(secret) or not secret or (check is not None and not check(match, secret)):
+        if not secret or _PLACEHOLDER.fullmatch(secret) or (check is not None and not check(match, secret)):
             return match.group(0)
         offset = match.start(group) - match.start()
         whole = match.group(0)
