@@ -1,12 +1,15 @@
 """Import every domain's models so the metadata Alembic compares against is complete."""
 
+from legator_mcp.approval import models as approval_models
 from legator_mcp.audit import models as audit_models
 from legator_mcp.auth import models as auth_models
+from legator_mcp.commands import models as command_models
 from legator_mcp.db.base import Base
+from legator_mcp.fleet import models as fleet_models
 
 metadata = Base.metadata
 
-MODEL_MODULES = (audit_models, auth_models)
+MODEL_MODULES = (approval_models, audit_models, auth_models, command_models, fleet_models)
 """Every module whose tables belong in the schema; importing them registers the tables on ``metadata``."""
 
 __all__ = ["MODEL_MODULES", "metadata"]

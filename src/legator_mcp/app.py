@@ -14,13 +14,22 @@ from starlette.routing import BaseRoute, Route
 
 from legator_mcp import __version__
 from legator_mcp.app_context import AppContext
+from legator_mcp.approval.service import ApprovalService
 from legator_mcp.audit.service import AuditService
 from legator_mcp.auth.service import AuthService
+from legator_mcp.commands.service import CommandService
 from legator_mcp.db.base import utcnow
 from legator_mcp.db.migrate import upgrade
 from legator_mcp.db.session import Database
+from legator_mcp.events.service import EventBus
+from legator_mcp.fleet.keys import KeyRing, load_or_create_master_key
+from legator_mcp.fleet.service import FleetService
+from legator_mcp.flows.run_command import CommandFlow
+from legator_mcp.gateway.hub import Hub
+from legator_mcp.gateway.server import probe_route
 from legator_mcp.mcp.server import build_mcp_server
 from legator_mcp.observability import Metrics
+from legator_mcp.policy.service import PolicyService
 from legator_mcp.principal import Permission, Principal, PrincipalKind
 from legator_mcp.ratelimit import RateLimiter
 from legator_mcp.rest._errors import EXCEPTION_HANDLERS
@@ -49,11 +58,28 @@ def build_services(settings: Settings) -> AppContext:
     metrics = Metrics()
     audit = AuditService(database=database)
     auth = AuthService(database=database, audit=audit)
+    events = EventBus()
+    # The master key is read (or created) on first use, or by start_services; building stays I/O-free.
+    keyring = KeyRing(lambda: load_or_create_master_key(settings))
+    fleet = FleetService(database=database, audit=audit, events=events, settings=settings, keyring=keyring)
+    approvals = ApprovalService(database=database, audit=audit, events=events)
+    policy = PolicyService()
+    commands = CommandService(database=database, audit=audit, events=events)
+    hub = Hub(fleet=fleet, commands=commands, keyring=keyring)
+    fleet.attach_link(hub)
+    command_flow = CommandFlow(fleet=fleet, policy=policy, commands=commands, hub=hub)
     return AppContext(
         settings=settings,
         database=database,
         audit=audit,
         auth=auth,
+        approvals=approvals,
+        events=events,
+        fleet=fleet,
+        policy=policy,
+        commands=commands,
+        hub=hub,
+        command_flow=command_flow,
         metrics=metrics,
         rate_limiter=RateLimiter(settings.rate_limit_per_minute),
         local_principal=local_operator(),
@@ -70,6 +96,9 @@ async def start_services(services: AppContext) -> str | None:
     """
     services.settings.data_dir.mkdir(parents=True, exist_ok=True)
     await upgrade(services.database)
+    await anyio.to_thread.run_sync(services.fleet.keyring.load)
+    # Commands dispatched before a restart whose results can no longer arrive are finished as "lost".
+    await services.commands.expire_overdue()
     if services.settings.auth_enabled:
         return await services.auth.ensure_bootstrap_key(services.settings.data_dir)
     return None
@@ -121,14 +150,17 @@ class LegatorApp:
         async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
             self.new_admin_key = await start_services(self.services)
             try:
-                async with self.mcp.session_manager.run():
+                async with self.mcp.session_manager.run(), anyio.create_task_group() as background:
+                    background.start_soon(self.services.fleet.run_sweeper)
+                    background.start_soon(self.services.approvals.run_reaper)
                     self.started.set()
                     yield {}
+                    background.cancel_scope.cancel()
             finally:
                 await self.services.database.dispose()
 
         app = Starlette(
-            routes=[*self.route_table.starlette_routes(), *mcp_routes],
+            routes=[*self.route_table.starlette_routes(), probe_route(), *mcp_routes],
             middleware=[
                 Middleware(RequestContextMiddleware, metrics=self.services.metrics),
                 Middleware(SecurityHeadersMiddleware, hsts=(self.settings.public_url or "").startswith("https://")),

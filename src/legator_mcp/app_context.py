@@ -3,10 +3,17 @@
 from dataclasses import dataclass
 from datetime import datetime
 
+from legator_mcp.approval.service import ApprovalService
 from legator_mcp.audit.service import AuditService
 from legator_mcp.auth.service import AuthService
+from legator_mcp.commands.service import CommandService
 from legator_mcp.db.session import Database
+from legator_mcp.events.service import EventBus
+from legator_mcp.fleet.service import FleetService
+from legator_mcp.flows.run_command import CommandFlow
+from legator_mcp.gateway.hub import Hub
 from legator_mcp.observability import Metrics
+from legator_mcp.policy.service import PolicyService
 from legator_mcp.principal import Principal
 from legator_mcp.ratelimit import RateLimiter
 from legator_mcp.settings import Settings
@@ -22,6 +29,13 @@ class AppContext:
     database: Database
     audit: AuditService
     auth: AuthService
+    approvals: ApprovalService
+    events: EventBus
+    fleet: FleetService
+    policy: PolicyService
+    commands: CommandService
+    hub: Hub
+    command_flow: CommandFlow
     metrics: Metrics
     rate_limiter: RateLimiter
     local_principal: Principal

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         default=None, description="Base64 master key; default is generated once into <data_dir>/master.key."
     )
     rate_limit_per_minute: int = Field(default=1200, ge=0, description="Requests per minute per principal; 0 = off.")
+    heartbeat_interval_s: float = Field(default=30.0, gt=0, description="How often probes send a heartbeat.")
+    offline_after_s: float = Field(default=90.0, gt=0, description="Mark a probe offline after this long silent.")
+    registration_token_ttl_s: int = Field(default=1800, gt=0, description="Default lifetime of registration tokens.")
+    default_probe_level: Literal["observe", "diagnose", "remediate"] = Field(
+        default="observe", description="Policy level a newly registered probe starts at."
+    )
+    max_frame_bytes: int = Field(default=4 * MiB, gt=1024, description="Largest WebSocket frame from a probe.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 

@@ -12,7 +12,7 @@ from legator_mcp.principal import Permission, Principal, PrincipalKind
 
 pytestmark = pytest.mark.anyio
 
-PUBLIC_ROUTES = {"GET /healthz", "GET /readyz", "GET /version", "GET /openapi.json"}
+PUBLIC_ROUTES = {"GET /healthz", "GET /readyz", "GET /version", "GET /openapi.json", "POST /api/v1/register"}
 """The only routes anyone may call without a credential."""
 
 

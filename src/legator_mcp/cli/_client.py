@@ -1,6 +1,7 @@
-"""Operator commands over the REST API: ``legator keys|users|audit|me``."""
+"""Operator commands over the REST API: ``legator keys|users|audit|approvals|me``."""
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -81,6 +82,27 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     a_verify = audit.add_parser("verify", help="verify the hash chain; exit 1 when a link is broken")
     _client_flags(a_verify)
     a_verify.set_defaults(handler=_audit_verify)
+
+    approvals = sub.add_parser("approvals", help="review and decide approval requests").add_subparsers(
+        dest="approvals_command", required=True
+    )
+    ap_list = approvals.add_parser("list", help="list approval requests, newest first")
+    _client_flags(ap_list)
+    ap_list.add_argument("--status", choices=["pending", "approved", "denied", "expired", "consumed"])
+    ap_list.add_argument("--probe-id")
+    ap_list.add_argument("--limit", type=int, default=50)
+    ap_list.add_argument("--cursor")
+    ap_list.set_defaults(handler=_approvals_list)
+    ap_show = approvals.add_parser("show", help="show what a request will run, where, why and the risk")
+    _client_flags(ap_show)
+    ap_show.add_argument("id")
+    ap_show.set_defaults(handler=_approvals_show)
+    for verb, decision in (("approve", "approved"), ("deny", "denied")):
+        ap_decide = approvals.add_parser(verb, help=f"{verb} a request as the caller's identity")
+        _client_flags(ap_decide)
+        ap_decide.add_argument("id")
+        ap_decide.add_argument("--reason", help="why, recorded in the audit log")
+        ap_decide.set_defaults(handler=_approvals_decide, decision=decision)
 
 
 def _api_key(args: argparse.Namespace) -> str:
@@ -199,3 +221,55 @@ def _audit_verify(args: argparse.Namespace) -> int:
             f"{result['checked']} events checked"
         )
     return 0 if result["ok"] else 1
+
+
+_APPROVAL_COLUMNS = ["id", "status", "risk_level", "probe_ids", "requester", "reason", "expires_at"]
+
+
+def _approvals_list(args: argparse.Namespace) -> int:
+    page = _request(
+        args, "GET", "/api/v1/approvals", params=_params(args, ["status", "probe_id", "limit", "cursor"])
+    ).json()
+    if args.output == "json":
+        print_output(page, "json")
+        return 0
+    print_output(page["approvals"], "table", _APPROVAL_COLUMNS)
+    print(f"({page['pending_count']} pending)")
+    if page.get("next_cursor"):
+        print(f"(more: --cursor {page['next_cursor']})")
+    return 0
+
+
+def _print_approval(approval: dict[str, Any]) -> None:
+    print(f"approval {approval['id']}: {approval['status']}  (risk {approval['risk_level']})")
+    print(f"requested by {approval['requester']} at {approval['created_at']}; expires {approval['expires_at']}")
+    print(f"why:     {approval['reason']}")
+    print(f"probes:  {', '.join(approval['probe_ids'])}")
+    print(f"digest:  {approval['payload_sha256']}")
+    print("command: " + json.dumps(approval["command"], indent=2, ensure_ascii=False).replace("\n", "\n         "))
+    votes = approval["approvals"]
+    print(f"votes ({len(votes)}/{approval['required_approvals']} approvals needed):")
+    for vote in votes:
+        print(f"  {vote['ts']}  {vote['approver']}  {vote['decision']}  {vote.get('reason') or ''}")
+
+
+def _approvals_show(args: argparse.Namespace) -> int:
+    approval = _request(args, "GET", f"/api/v1/approvals/{args.id}").json()
+    if args.output == "json":
+        print_output(approval, "json")
+    else:
+        _print_approval(approval)
+    return 0
+
+
+def _approvals_decide(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"decision": args.decision}
+    if args.reason:
+        body["reason"] = args.reason
+    result = _request(args, "POST", f"/api/v1/approvals/{args.id}/decide", json=body).json()
+    if args.output == "json":
+        print_output(result, "json")
+    else:
+        request = result["request"]
+        print(f"approval {request['id']}: {result['status']} (request is now {request['status']})")
+    return 0

@@ -75,19 +75,29 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """Open a read transaction (a consistent snapshot); loaded objects stay usable after it ends."""
-        async with self._reader() as session, session.begin():
-            yield session
+        """Open a read transaction (a consistent snapshot); loaded objects stay usable after it ends.
+
+        The block is shielded from cancellation: cancelling a driver call half-way can wedge an aiosqlite
+        connection, so a cancelled caller's transaction finishes first. Keep the block short and free of
+        network waits.
+        """
+        with anyio.CancelScope(shield=True):
+            async with self._reader() as session, session.begin():
+                yield session
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
-        """Open a write transaction that commits on a clean exit and rolls back on an exception."""
-        if self._write_lock is None:
-            async with self._writer.begin() as session:
+        """Open a write transaction that commits on a clean exit and rolls back on an exception.
+
+        Shielded from cancellation like :meth:`read`; a cancelled caller's write commits or rolls back whole.
+        """
+        with anyio.CancelScope(shield=True):
+            if self._write_lock is None:
+                async with self._writer.begin() as session:
+                    yield session
+                return
+            async with self._write_lock, self._writer.begin() as session:
                 yield session
-            return
-        async with self._write_lock, self._writer.begin() as session:
-            yield session
 
     async def ping(self) -> None:
         """Run a trivial query.

@@ -7,11 +7,15 @@ from typing import Any
 from mcp.server import MCPServer
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp_types.methods import serialize_server_result
 
 from legator_mcp.app_context import AppContext
 from legator_mcp.mcp._context import ApiKeyVerifier, McpContext, principal_from_request
 from legator_mcp.mcp._registry import McpRegistry
+from legator_mcp.mcp.tools import approvals as approval_tools
 from legator_mcp.mcp.tools import audit as audit_tools
+from legator_mcp.mcp.tools import commands as command_tools
+from legator_mcp.mcp.tools import fleet as fleet_tools
 from legator_mcp.mcp.tools import identity as identity_tools
 from legator_mcp.principal import Permission, Principal
 
@@ -24,12 +28,20 @@ approval id to the user instead of retrying. Prefer read-only tools to understan
 a change. Errors start with a stable code (e.g. "not_found:", "forbidden:", "policy_denied:").
 """
 
-REGISTRARS: list[Callable[[McpRegistry], None]] = [identity_tools.register, audit_tools.register]
+REGISTRARS: list[Callable[[McpRegistry], None]] = [
+    identity_tools.register,
+    audit_tools.register,
+    fleet_tools.register,
+    approval_tools.register,
+    command_tools.register,
+]
 """Every tool/resource module; each contributes through its ``register(registry)``."""
 
 
 class _PermissionFilter:
-    """Hide from ``*/list`` results what the caller may not use (calls are refused by the guards anyway)."""
+    """Refuse calls the caller may not make before their arguments are even parsed, and hide such tools and
+    resources from ``*/list`` results. The per-tool guards check again (defence in depth).
+    """
 
     def __init__(self, registry: McpRegistry) -> None:
         self._registry = registry
@@ -37,7 +49,30 @@ class _PermissionFilter:
     def _allowed(self, principal: Principal | None, permission: Permission | None) -> bool:
         return permission is None or (principal is not None and principal.has(permission))
 
+    async def _refuse_call(self, ctx: ServerRequestContext[Any, Any]) -> HandlerResult | None:
+        name = (ctx.params or {}).get("name")
+        permission = self._registry.tool_permissions.get(name) if isinstance(name, str) else None
+        if permission is None:
+            return None
+        lifespan: McpContext = ctx.lifespan_context
+        principal = principal_from_request(lifespan, ctx.request)
+        if self._allowed(principal, permission):
+            return None
+        await lifespan.services.auth.record_denied(
+            actor=principal, surface=f"tool:{name}", required=permission, reason="insufficient_permissions",
+            request_id=str(ctx.request_id),
+        )  # fmt: skip
+        lifespan.services.metrics.mcp_calls.labels(str(name), "forbidden").inc()
+        text = f"forbidden: insufficient permissions (required: {permission.value})"
+        refusal = {"content": [{"type": "text", "text": text}], "isError": True, "resultType": "complete"}
+        # A short-circuiting middleware owns the wire shape; the per-version surface drops what an era lacks.
+        return serialize_server_result("tools/call", ctx.protocol_version, refusal)
+
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method == "tools/call":
+            refused = await self._refuse_call(ctx)
+            if refused is not None:
+                return refused
         result = await call_next(ctx)
         if ctx.method not in {"tools/list", "resources/list", "resources/templates/list"} or result is None:
             return result

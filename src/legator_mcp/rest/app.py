@@ -3,11 +3,18 @@
 from collections.abc import Callable
 
 from legator_mcp.rest._routing import RouteTable
-from legator_mcp.rest.routes import audit, auth, system
+from legator_mcp.rest.routes import approvals, audit, auth, commands, fleet, system
 
 __all__ = ["REGISTRARS", "build_route_table"]
 
-REGISTRARS: list[Callable[[RouteTable], None]] = [system.register, auth.register, audit.register]
+REGISTRARS: list[Callable[[RouteTable], None]] = [
+    system.register,
+    auth.register,
+    audit.register,
+    fleet.register,
+    approvals.register,
+    commands.register,
+]
 
 
 def build_route_table() -> RouteTable:

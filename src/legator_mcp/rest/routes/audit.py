@@ -17,6 +17,7 @@ from legator_mcp.rest._routing import RouteContext, RouteTable, parse_query
 
 __all__ = ["register"]
 
+
 class PurgeQuery(BaseModel):
     """``older_than``: a duration such as ``30d`` or ``720h``."""
 

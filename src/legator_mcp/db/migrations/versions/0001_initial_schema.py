@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 05:54:32.609609
+Create Date: 2026-11-28 06:35:07.051908
 """
 
 from collections.abc import Sequence
@@ -37,6 +37,32 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.create_index("ix_api_keys_key_hash", ["key_hash"], unique=True)
+
+    op.create_table(
+        "approvals",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("requester", sa.String(length=200), nullable=False),
+        sa.Column("requester_id", sa.String(length=200), nullable=False),
+        sa.Column("requester_kind", sa.String(length=32), nullable=False),
+        sa.Column("requester_via", sa.String(length=32), nullable=True),
+        sa.Column("probe_ids", sa.JSON(), nullable=False),
+        sa.Column("action", sa.JSON(), nullable=False),
+        sa.Column("payload_sha256", sa.String(length=64), nullable=False),
+        sa.Column("risk", sa.String(length=16), nullable=False),
+        sa.Column("summary", sa.Text(), nullable=False),
+        sa.Column("policy", sa.JSON(), nullable=False),
+        sa.Column("required_approvals", sa.Integer(), nullable=False),
+        sa.Column("created_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("decided_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("consumed_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("consumed_by_ref", sa.String(length=200), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_approvals")),
+    )
+    with op.batch_alter_table("approvals", schema=None) as batch_op:
+        batch_op.create_index("ix_approvals_created", ["created_at", "id"], unique=False)
+        batch_op.create_index("ix_approvals_status_expires", ["status", "expires_at"], unique=False)
 
     op.create_table(
         "audit_checkpoints",
@@ -86,6 +112,97 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_head")),
     )
     op.create_table(
+        "command_runs",
+        sa.Column("request_id", sa.String(length=64), nullable=False),
+        sa.Column("probe_id", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("spec", sa.JSON(), nullable=False),
+        sa.Column("payload_sha256", sa.String(length=64), nullable=False),
+        sa.Column("timeout_s", sa.Double(), nullable=False),
+        sa.Column("requested_by", sa.String(length=200), nullable=False),
+        sa.Column("principal_kind", sa.String(length=32), nullable=False),
+        sa.Column("via", sa.String(length=32), nullable=True),
+        sa.Column("origin_request_id", sa.String(length=64), nullable=True),
+        sa.Column("status", sa.String(length=24), nullable=False),
+        sa.Column("decision", sa.String(length=8), nullable=False),
+        sa.Column("risk", sa.String(length=16), nullable=False),
+        sa.Column("required_level", sa.String(length=16), nullable=False),
+        sa.Column("rationale", sa.JSON(), nullable=False),
+        sa.Column("approval_id", sa.String(length=64), nullable=True),
+        sa.Column("exit_code", sa.Integer(), nullable=True),
+        sa.Column("stdout", sa.Text(), nullable=False),
+        sa.Column("stderr", sa.Text(), nullable=False),
+        sa.Column("stdout_bytes", sa.Integer(), nullable=False),
+        sa.Column("stderr_bytes", sa.Integer(), nullable=False),
+        sa.Column("truncated", sa.Boolean(), nullable=False),
+        sa.Column("duration_ms", sa.Integer(), nullable=True),
+        sa.Column("error_code", sa.String(length=64), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("data", sa.JSON(), nullable=True),
+        sa.Column("created_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("dispatched_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("request_id", name=op.f("pk_command_runs")),
+    )
+    with op.batch_alter_table("command_runs", schema=None) as batch_op:
+        batch_op.create_index("ix_command_runs_probe_created", ["probe_id", "created_at"], unique=False)
+        batch_op.create_index("ix_command_runs_status", ["status"], unique=False)
+
+    op.create_table(
+        "probes",
+        sa.Column("id", sa.String(length=16), nullable=False),
+        sa.Column("hostname", sa.String(length=253), nullable=False),
+        sa.Column("os", sa.String(length=64), nullable=False),
+        sa.Column("arch", sa.String(length=32), nullable=False),
+        sa.Column("version", sa.String(length=64), nullable=False),
+        sa.Column("kernel", sa.String(length=255), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("status_changed_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("policy_level", sa.String(length=16), nullable=False),
+        sa.Column("policy_id", sa.String(length=128), nullable=False),
+        sa.Column("policy_version", sa.Integer(), nullable=False),
+        sa.Column("labels", sa.JSON(), nullable=False),
+        sa.Column("credential_hash", sa.String(length=64), nullable=True),
+        sa.Column("key_generation", sa.Integer(), nullable=False),
+        sa.Column("previous_key_generation", sa.Integer(), nullable=True),
+        sa.Column("key_rotation_pending", sa.Boolean(), nullable=False),
+        sa.Column("key_rotated_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("registered_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("connected_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("metrics", sa.JSON(none_as_null=True), nullable=True),
+        sa.Column("health_score", sa.Integer(), nullable=True),
+        sa.Column("health_reasons", sa.JSON(none_as_null=True), nullable=True),
+        sa.Column("cpus", sa.Integer(), nullable=True),
+        sa.Column("mem_total_bytes", sa.BigInteger(), nullable=True),
+        sa.Column("disk_total_bytes", sa.BigInteger(), nullable=True),
+        sa.Column("inventory_collected_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_probes")),
+        sa.UniqueConstraint("hostname", name=op.f("uq_probes_hostname")),
+    )
+    with op.batch_alter_table("probes", schema=None) as batch_op:
+        batch_op.create_index("ix_probes_credential_hash", ["credential_hash"], unique=True)
+        batch_op.create_index("ix_probes_status_last_seen_at", ["status", "last_seen_at"], unique=False)
+
+    op.create_table(
+        "registration_tokens",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("token_prefix", sa.String(length=16), nullable=False),
+        sa.Column("multi_use", sa.Boolean(), nullable=False),
+        sa.Column("tags", sa.JSON(), nullable=False),
+        sa.Column("policy_level", sa.String(length=16), nullable=False),
+        sa.Column("created_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.String(length=200), nullable=True),
+        sa.Column("expires_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("uses", sa.Integer(), nullable=False),
+        sa.Column("last_used_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_registration_tokens")),
+    )
+    with op.batch_alter_table("registration_tokens", schema=None) as batch_op:
+        batch_op.create_index("ix_registration_tokens_token_hash", ["token_hash"], unique=True)
+
+    op.create_table(
         "users",
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("username", sa.String(length=128), nullable=False),
@@ -100,12 +217,93 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint("username", name=op.f("uq_users_username")),
     )
+    op.create_table(
+        "approval_targets",
+        sa.Column("approval_id", sa.String(length=36), nullable=False),
+        sa.Column("probe_id", sa.String(length=64), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["approval_id"],
+            ["approvals.id"],
+            name=op.f("fk_approval_targets_approval_id_approvals"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("approval_id", "probe_id", name=op.f("pk_approval_targets")),
+    )
+    with op.batch_alter_table("approval_targets", schema=None) as batch_op:
+        batch_op.create_index("ix_approval_targets_probe_id", ["probe_id"], unique=False)
+
+    op.create_table(
+        "approval_votes",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("approval_id", sa.String(length=36), nullable=False),
+        sa.Column("approver", sa.String(length=200), nullable=False),
+        sa.Column("approver_id", sa.String(length=200), nullable=False),
+        sa.Column("approver_kind", sa.String(length=32), nullable=False),
+        sa.Column("approver_via", sa.String(length=32), nullable=True),
+        sa.Column("decision", sa.String(length=16), nullable=False),
+        sa.Column("withdrawal", sa.Boolean(), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("note", sa.String(length=200), nullable=True),
+        sa.Column("ts", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["approval_id"], ["approvals.id"], name=op.f("fk_approval_votes_approval_id_approvals"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_approval_votes")),
+        sa.UniqueConstraint("approval_id", "approver_id", name=op.f("uq_approval_votes_approval_id")),
+    )
+    op.create_table(
+        "probe_inventory",
+        sa.Column("probe_id", sa.String(length=16), nullable=False),
+        sa.Column("data", sa.JSON(), nullable=False),
+        sa.Column("collected_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("received_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["probe_id"], ["probes.id"], name=op.f("fk_probe_inventory_probe_id_probes"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("probe_id", name=op.f("pk_probe_inventory")),
+    )
+    op.create_table(
+        "probe_tags",
+        sa.Column("probe_id", sa.String(length=16), nullable=False),
+        sa.Column("tag", sa.String(length=64), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["probe_id"], ["probes.id"], name=op.f("fk_probe_tags_probe_id_probes"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("probe_id", "tag", name=op.f("pk_probe_tags")),
+    )
+    with op.batch_alter_table("probe_tags", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_probe_tags_tag"), ["tag"], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("probe_tags", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_probe_tags_tag"))
+
+    op.drop_table("probe_tags")
+    op.drop_table("probe_inventory")
+    op.drop_table("approval_votes")
+    with op.batch_alter_table("approval_targets", schema=None) as batch_op:
+        batch_op.drop_index("ix_approval_targets_probe_id")
+
+    op.drop_table("approval_targets")
     op.drop_table("users")
+    with op.batch_alter_table("registration_tokens", schema=None) as batch_op:
+        batch_op.drop_index("ix_registration_tokens_token_hash")
+
+    op.drop_table("registration_tokens")
+    with op.batch_alter_table("probes", schema=None) as batch_op:
+        batch_op.drop_index("ix_probes_status_last_seen_at")
+        batch_op.drop_index("ix_probes_credential_hash")
+
+    op.drop_table("probes")
+    with op.batch_alter_table("command_runs", schema=None) as batch_op:
+        batch_op.drop_index("ix_command_runs_status")
+        batch_op.drop_index("ix_command_runs_probe_created")
+
+    op.drop_table("command_runs")
     op.drop_table("audit_head")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_audit_events_type"))
@@ -119,6 +317,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_audit_checkpoints_upto_seq"))
 
     op.drop_table("audit_checkpoints")
+    with op.batch_alter_table("approvals", schema=None) as batch_op:
+        batch_op.drop_index("ix_approvals_status_expires")
+        batch_op.drop_index("ix_approvals_created")
+
+    op.drop_table("approvals")
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.drop_index("ix_api_keys_key_hash")
 

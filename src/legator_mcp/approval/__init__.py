@@ -1,0 +1,1 @@
+"""The approval queue: commands policy queued wait here, bound to a digest of their payload, for human approval."""

@@ -1,0 +1,1 @@
+"""Command runs: every instruction sent to a probe, its policy decision and its result, as a durable record."""

@@ -1,0 +1,52 @@
+"""Queries for command runs."""
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from legator_mcp.commands.models import CommandRun
+from legator_mcp.db._errors import map_db_errors
+
+__all__ = ["CommandStore"]
+
+
+class CommandStore:
+    """Every SQL statement of the commands domain."""
+
+    async def add(self, session: AsyncSession, run: CommandRun) -> CommandRun:
+        with map_db_errors(f"a command with request id {run.request_id!r} already exists"):
+            session.add(run)
+            await session.flush()
+        return run
+
+    async def get(self, session: AsyncSession, request_id: str, *, for_update: bool = False) -> CommandRun | None:
+        statement = select(CommandRun).where(CommandRun.request_id == request_id)
+        if for_update:
+            statement = statement.with_for_update()
+        return (await session.execute(statement)).scalar_one_or_none()
+
+    async def with_status(
+        self, session: AsyncSession, statuses: Sequence[str], *, limit: int = 500
+    ) -> Sequence[CommandRun]:
+        statement = (
+            select(CommandRun)
+            .where(CommandRun.status.in_(statuses))
+            .order_by(CommandRun.created_at.desc())
+            .limit(limit)
+        )
+        return (await session.execute(statement)).scalars().all()
+
+    async def dispatched_before(self, session: AsyncSession, cutoff: datetime) -> Sequence[CommandRun]:
+        statement = select(CommandRun).where(CommandRun.status == "dispatched", CommandRun.dispatched_at < cutoff)
+        return (await session.execute(statement)).scalars().all()
+
+    async def recent_for_probe(self, session: AsyncSession, probe_id: str, *, limit: int) -> Sequence[CommandRun]:
+        statement = (
+            select(CommandRun)
+            .where(CommandRun.probe_id == probe_id)
+            .order_by(CommandRun.created_at.desc())
+            .limit(limit)
+        )
+        return (await session.execute(statement)).scalars().all()

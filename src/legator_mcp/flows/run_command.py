@@ -1,0 +1,207 @@
+"""Run one command on one probe: authorise → evaluate policy → record → sign and dispatch → track → result.
+
+Every surface that runs a command (REST, MCP tools, jobs, fan-out, packs) goes through :class:`CommandFlow`,
+so the policy gate and the audit trail cannot be skipped.
+"""
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
+from legator_mcp.commands.service import CommandService, new_request_id
+from legator_mcp.errors import InvalidRequest, NotFound, PermissionDenied, ProbeUnavailable
+from legator_mcp.fleet.service import FleetService
+from legator_mcp.policy.schemas import Decision, PolicyDecision
+from legator_mcp.policy.service import PolicyService
+from legator_mcp.principal import Permission, Principal
+from legator_probe.protocol import COMMAND_PAYLOAD_ADAPTER, CommandPayload
+from legator_probe.protocol.commands import DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_TIMEOUT_S
+
+__all__ = ["CommandFlow", "CommandRequest", "ProbeDispatcher", "Progress"]
+
+Progress = Callable[[float, float | None, str], Awaitable[None]]
+"""``(progress, total, message)`` callback for long waits (MCP progress notifications)."""
+
+RESULT_GRACE_S = 5.0
+"""How much longer than the command's own timeout a waiter waits for the probe's result."""
+
+
+class ProbeDispatcher(Protocol):
+    """What the flow needs from the probe hub (implemented by ``gateway.hub.Hub``)."""
+
+    def signed_fields(self, probe_id: str) -> dict[str, Any]: ...
+
+    async def dispatch(self, command: CommandPayload) -> None: ...
+
+    async def wait(self, request_id: str, *, timeout: float) -> CommandRunRead | None: ...
+
+    async def expire(
+        self, request_id: str, *, status: CommandStatus, error_code: str, error: str
+    ) -> CommandRunRead | None: ...
+
+    def is_tracking(self, request_id: str) -> bool: ...
+
+    async def cancel(self, run: CommandRunRead) -> None: ...
+
+
+class CommandRequest(BaseModel):
+    """A command as a caller asks for it: a kind and its typed parameters."""
+
+    kind: str
+    spec: dict[str, Any]
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    stream: bool = True
+    request_id: str | None = None
+
+
+class CommandFlow:
+    """The one way a command reaches a probe."""
+
+    def __init__(
+        self, *, fleet: FleetService, policy: PolicyService, commands: CommandService, hub: ProbeDispatcher
+    ) -> None:
+        self._fleet = fleet
+        self._policy = policy
+        self._commands = commands
+        self._hub = hub
+
+    def _payload(self, probe_id: str, request: CommandRequest) -> CommandPayload:
+        try:
+            return COMMAND_PAYLOAD_ADAPTER.validate_python(
+                {
+                    "kind": request.kind,
+                    "spec": request.spec,
+                    "timeout_s": request.timeout_s,
+                    "max_output_bytes": request.max_output_bytes,
+                    "stream": request.stream,
+                    "request_id": request.request_id or new_request_id(),
+                    **self._hub.signed_fields(probe_id),
+                }
+            )
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid {request.kind} command: {exc}".splitlines()[0][:300]) from exc
+
+    async def evaluate(self, *, actor: Principal, probe_id: str, request: CommandRequest) -> PolicyDecision:
+        """Answer "what would happen if I ran this there?" without running anything.
+
+        Raises:
+            NotFound: If the probe does not exist.
+            InvalidRequest: If the command does not validate.
+        """
+        probe = await self._fleet.get_probe(probe_id)
+        command = self._payload(probe.id, request)
+        return self._policy.evaluate(
+            principal=actor,
+            probe_level=probe.policy_level,
+            policy_id=probe.policy_id,
+            kind=command.kind,
+            spec=command.spec.model_dump(mode="json"),
+        )
+
+    async def run(
+        self,
+        *,
+        actor: Principal,
+        probe_id: str,
+        request: CommandRequest,
+        wait: bool,
+        progress: Progress | None = None,
+    ) -> CommandRunRead:
+        """Run ``request`` on a probe if policy allows, recording every step.
+
+        Returns:
+            The run: ``denied`` (policy said no; nothing was sent), ``dispatched`` (``wait=False``, or no result
+            in time), or finished with the probe's result.
+
+        Raises:
+            PermissionDenied: If ``actor`` lacks ``command:exec``.
+            NotFound: If the probe does not exist.
+            InvalidRequest: If the command does not validate.
+            ProbeUnavailable: If the probe is not connected (the run is recorded as failed).
+        """
+        if not actor.has(Permission.COMMAND_EXEC):
+            raise PermissionDenied(
+                "running commands needs command:exec", details={"required_permission": "command:exec"}
+            )
+        probe = await self._fleet.get_probe(probe_id)
+        command = self._payload(probe.id, request)
+        decision = self._policy.evaluate(
+            principal=actor,
+            probe_level=probe.policy_level,
+            policy_id=probe.policy_id,
+            kind=command.kind,
+            spec=command.spec.model_dump(mode="json"),
+        )
+        if decision.decision is Decision.DENY:
+            return await self._commands.create(
+                actor=actor, command=command, decision=decision, status=CommandStatus.DENIED
+            )
+        if decision.decision is Decision.QUEUE:  # pragma: no cover - the approval queue arrives with issue 4
+            raise PermissionDenied("this command needs approval, which is not available yet")
+        run = await self._commands.create(
+            actor=actor, command=command, decision=decision, status=CommandStatus.DISPATCHED
+        )
+        try:
+            await self._hub.dispatch(command)
+        except ProbeUnavailable:
+            await self._commands.fail(
+                request_id=run.request_id, status=CommandStatus.ERROR, error_code="probe_unavailable",
+                error=f"probe {probe.id} is not connected",
+            )  # fmt: skip
+            raise
+        if not wait:
+            return run
+        if progress is not None:
+            await progress(0, None, f"dispatched {command.kind} to {probe.hostname}")
+        finished = await self._hub.wait(command.request_id, timeout=command.timeout_s + RESULT_GRACE_S)
+        if finished is None:
+            finished = await self._hub.expire(
+                command.request_id, status=CommandStatus.TIMEOUT, error_code="result_timeout",
+                error=f"no result from the probe within {command.timeout_s + RESULT_GRACE_S:.0f}s",
+            )  # fmt: skip
+        return finished or await self._commands.get(command.request_id)
+
+    async def result(self, *, request_id: str, wait_s: float = 0) -> CommandRunRead:
+        """Fetch a run, optionally waiting up to ``wait_s`` seconds for it to finish.
+
+        Raises:
+            NotFound: If there is no run with that request id.
+        """
+        run = await self._commands.get(request_id)
+        if not run.finished and wait_s > 0 and self._hub.is_tracking(request_id):
+            finished = await self._hub.wait(request_id, timeout=wait_s)
+            if finished is not None:
+                return finished
+            run = await self._commands.get(request_id)
+        return run
+
+    async def cancel_if_running(self, *, actor: Principal, request_id: str) -> None:
+        """Cancel the command if it exists and still runs (used when a waiting caller goes away)."""
+        try:
+            run = await self._commands.get(request_id)
+        except NotFound:
+            return
+        if not run.finished:
+            try:
+                await self._hub.cancel(run)
+            except ProbeUnavailable:
+                return
+            await self._commands.note_cancel(actor=actor, run=run)
+
+    async def cancel(self, *, actor: Principal, request_id: str) -> CommandRunRead:
+        """Ask the probe to cancel a running command (signed); returns the run as it stands.
+
+        Raises:
+            NotFound: If there is no run with that request id.
+            InvalidRequest: If the run already finished.
+            ProbeUnavailable: If its probe is not connected.
+        """
+        run = await self._commands.get(request_id)
+        if run.finished:
+            raise InvalidRequest(f"command {request_id} already finished ({run.status.value})")
+        await self._hub.cancel(run)
+        await self._commands.note_cancel(actor=actor, run=run)
+        return run

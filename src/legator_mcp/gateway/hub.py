@@ -1,0 +1,350 @@
+"""The hub: who is connected, signing and sending instructions, and tracking commands until their result.
+
+One hub per control-plane process. It implements the fleet service's ``ProbeLink`` (disconnect, key rotation)
+and is what the command flow dispatches through.
+"""
+
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
+from legator_mcp.commands.service import CommandService
+from legator_mcp.db.base import utcnow
+from legator_mcp.errors import ProbeUnavailable
+from legator_mcp.fleet.keys import KeyRing
+from legator_mcp.fleet.schemas import ProbeRead
+from legator_mcp.fleet.service import FleetService
+from legator_probe.protocol import (
+    CancelMessage,
+    CancelPayload,
+    CommandMessage,
+    CommandPayload,
+    CommandResultPayload,
+    KeyRotationMessage,
+    KeyRotationPayload,
+    OutputChunkPayload,
+    PolicyUpdateMessage,
+    PolicyUpdatePayload,
+    RejectionPayload,
+    SignedMessage,
+    encode_public_key,
+    new_message_id,
+    sign_envelope,
+)
+
+if TYPE_CHECKING:
+    from legator_mcp.gateway._session import ProbeSession
+
+__all__ = ["Hub", "StreamItem"]
+
+logger = logging.getLogger("legator.gateway")
+
+INSTRUCTION_TTL = timedelta(seconds=120)
+"""How long a signed instruction stays valid; the probe refuses it afterwards."""
+
+_CHUNK_HISTORY = 2048
+
+
+@dataclass
+class StreamItem:
+    """One item of a command's live stream: an output chunk, or the final run."""
+
+    chunk: OutputChunkPayload | None = None
+    run: CommandRunRead | None = None
+
+
+@dataclass
+class _Tracker:
+    request_id: str
+    probe_id: str
+    envelope_id: str
+    done: anyio.Event = field(default_factory=anyio.Event)
+    run: CommandRunRead | None = None
+    chunks: deque[OutputChunkPayload] = field(default_factory=lambda: deque[OutputChunkPayload](maxlen=_CHUNK_HISTORY))
+    listeners: list[MemoryObjectSendStream[StreamItem]] = field(
+        default_factory=list[MemoryObjectSendStream[StreamItem]]
+    )
+
+
+class _Admission:
+    """A token bucket on new probe connections, so a reconnect storm is admitted at a bounded rate."""
+
+    def __init__(self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = per_second
+        self._capacity = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._updated = clock()
+
+    def take(self) -> float:
+        """Take a token; return 0 when admitted, else the seconds to wait."""
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self._rate
+
+
+class Hub:
+    """Live probe sessions of this process and the commands in flight to them."""
+
+    def __init__(
+        self,
+        *,
+        fleet: FleetService,
+        commands: CommandService,
+        keyring: KeyRing,
+        admit_per_second: float = 200.0,
+        admit_burst: int = 500,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._fleet = fleet
+        self._commands = commands
+        self._keys = keyring
+        self._clock = clock
+        self._sessions: dict[str, ProbeSession] = {}
+        self._trackers: dict[str, _Tracker] = {}
+        self._by_envelope: dict[str, str] = {}
+        self._admission = _Admission(admit_per_second, admit_burst)
+
+    # -- connections ------------------------------------------------------------------------------------------
+
+    def admit(self) -> float:
+        """Ask to admit one new probe connection; 0 means yes, otherwise retry after that many seconds."""
+        return self._admission.take()
+
+    async def attach(self, session: "ProbeSession") -> None:
+        """Make ``session`` the live connection of its probe, closing any older one cleanly."""
+        old = self._sessions.get(session.probe_id)
+        self._sessions[session.probe_id] = session
+        if old is not None and old is not session:
+            await old.close(code=4000, reason="replaced by a newer connection")
+
+    def detach(self, session: "ProbeSession") -> bool:
+        """Forget ``session``; returns whether it was still the probe's live connection."""
+        if self._sessions.get(session.probe_id) is session:
+            del self._sessions[session.probe_id]
+            return True
+        return False
+
+    @property
+    def connection_count(self) -> int:
+        """How many probes are connected to this process."""
+        return len(self._sessions)
+
+    def connected_probe_ids(self) -> list[str]:
+        """The ids of probes connected to this process."""
+        return sorted(self._sessions)
+
+    # -- ProbeLink (for the fleet service) --------------------------------------------------------------------
+
+    def is_connected(self, probe_id: str) -> bool:
+        """Whether the probe has a live connection here."""
+        return probe_id in self._sessions
+
+    async def disconnect(self, probe_id: str, *, code: int, reason: str) -> None:
+        """Close the probe's connection, if any."""
+        session = self._sessions.get(probe_id)
+        if session is not None:
+            await session.close(code=code, reason=reason)
+
+    async def push_key_rotation(self, probe: ProbeRead, *, new_generation: int, overlap_s: int) -> None:
+        """Tell the probe its new verification key, signed with the key it trusts now.
+
+        Raises:
+            ProbeUnavailable: If the probe is not connected.
+        """
+        identity = await self._fleet.signing_identity(probe.id)
+        new_key = self._keys.private_key(probe.id, new_generation).public_key()
+        payload = KeyRotationPayload(
+            **self._signed_fields(probe.id),
+            new_key_id=self._keys.key_id(probe.id, new_generation),
+            new_public_key=encode_public_key(new_key),
+            overlap_s=overlap_s,
+        )
+        message = KeyRotationMessage(id=new_message_id(), ts=self._clock(), payload=payload)
+        await self._send(probe.id, message, generation=identity.generation)
+
+    async def push_policy(self, probe: ProbeRead, *, path_allow: list[str], path_deny: list[str]) -> None:
+        """Send the probe its policy (level and path rules) as a signed ``policy_update``.
+
+        Raises:
+            ProbeUnavailable: If the probe is not connected.
+        """
+        identity = await self._fleet.signing_identity(probe.id)
+        payload = PolicyUpdatePayload(
+            **self._signed_fields(probe.id),
+            policy_id=probe.policy_id,
+            level=probe.policy_level,
+            path_allow=path_allow,
+            path_deny=path_deny,
+            version=probe.policy_version,
+        )
+        message = PolicyUpdateMessage(id=new_message_id(), ts=self._clock(), payload=payload)
+        await self._send(probe.id, message, generation=identity.generation)
+
+    # -- commands -----------------------------------------------------------------------------------------------
+
+    def signed_fields(self, probe_id: str) -> dict[str, Any]:
+        """``probe_id``, a fresh nonce and an expiry, for a new signed instruction."""
+        return self._signed_fields(probe_id)
+
+    def _signed_fields(self, probe_id: str) -> dict[str, Any]:
+        return {"probe_id": probe_id, "nonce": secrets.token_hex(16), "expires_at": self._clock() + INSTRUCTION_TTL}
+
+    async def dispatch(self, command: CommandPayload) -> None:
+        """Sign and send a command, and start tracking it.
+
+        Raises:
+            ProbeUnavailable: If the probe is not connected here.
+        """
+        if command.probe_id not in self._sessions:
+            raise ProbeUnavailable(f"probe {command.probe_id} is not connected", details={"probe_id": command.probe_id})
+        identity = await self._fleet.signing_identity(command.probe_id)
+        message = CommandMessage(id=new_message_id(), ts=self._clock(), payload=command)
+        tracker = _Tracker(command.request_id, command.probe_id, message.id)
+        self._trackers[command.request_id] = tracker
+        self._by_envelope[message.id] = command.request_id
+        try:
+            await self._send(command.probe_id, message, generation=identity.generation)
+        except ProbeUnavailable:
+            self._forget(tracker)
+            raise
+
+    async def cancel(self, run: CommandRunRead) -> None:
+        """Ask the probe to cancel a running command (signed).
+
+        Raises:
+            ProbeUnavailable: If the probe is not connected.
+        """
+        identity = await self._fleet.signing_identity(run.probe_id)
+        payload = CancelPayload(**self._signed_fields(run.probe_id), request_id=run.request_id)
+        message = CancelMessage(id=new_message_id(), ts=self._clock(), payload=payload)
+        await self._send(run.probe_id, message, generation=identity.generation)
+
+    async def _send(self, probe_id: str, message: SignedMessage, *, generation: int) -> None:
+        session = self._sessions.get(probe_id)
+        if session is None:
+            raise ProbeUnavailable(f"probe {probe_id} is not connected", details={"probe_id": probe_id})
+        signed = sign_envelope(
+            message,
+            key_id=self._keys.key_id(probe_id, generation),
+            private_key=self._keys.private_key(probe_id, generation),
+        )
+        await session.send_signed(signed)
+
+    async def wait(self, request_id: str, *, timeout: float) -> CommandRunRead | None:
+        """Wait up to ``timeout`` seconds for a tracked command's result; ``None`` if it did not come."""
+        tracker = self._trackers.get(request_id)
+        if tracker is None:
+            return None
+        with anyio.move_on_after(timeout):
+            await tracker.done.wait()
+        return tracker.run
+
+    def is_tracking(self, request_id: str) -> bool:
+        """Whether this process is waiting for the command's result."""
+        return request_id in self._trackers
+
+    @property
+    def in_flight(self) -> int:
+        """How many commands this process is tracking."""
+        return len(self._trackers)
+
+    async def stream(self, request_id: str) -> AsyncIterator[StreamItem]:
+        """Yield a command's output chunks (those so far, then live) and finally its run.
+
+        Yields nothing when the command is not tracked here (it finished earlier, or runs elsewhere).
+        """
+        tracker = self._trackers.get(request_id)
+        if tracker is None:
+            return
+        send, receive = anyio.create_memory_object_stream[StreamItem](4096)
+        for chunk in list(tracker.chunks):
+            send.send_nowait(StreamItem(chunk=chunk))
+        if tracker.run is not None:
+            send.send_nowait(StreamItem(run=tracker.run))
+            send.close()
+        else:
+            tracker.listeners.append(send)
+        async with receive:
+            async for item in receive:
+                yield item
+
+    # -- inbound from sessions --------------------------------------------------------------------------------
+
+    def on_chunk(self, probe_id: str, chunk: OutputChunkPayload) -> None:
+        """Record a streamed output chunk from ``probe_id``."""
+        tracker = self._trackers.get(chunk.request_id)
+        if tracker is None or tracker.probe_id != probe_id:
+            return
+        tracker.chunks.append(chunk)
+        for listener in list(tracker.listeners):
+            try:
+                listener.send_nowait(StreamItem(chunk=chunk))
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                tracker.listeners.remove(listener)
+                listener.close()
+
+    async def on_result(self, probe_id: str, result: CommandResultPayload) -> None:
+        """Persist a command's result and wake whoever waits for it."""
+        run = await self._commands.record_result(probe_id=probe_id, result=result)
+        tracker = self._trackers.get(result.request_id)
+        if tracker is not None and tracker.probe_id == probe_id:
+            self._complete(tracker, run or await self._commands.get(result.request_id))
+
+    async def on_rejection(self, probe_id: str, rejection: RejectionPayload) -> None:
+        """A probe refused a signed instruction; finish the command it was, if any."""
+        request_id = self._by_envelope.get(rejection.ref_id)
+        if request_id is None:
+            return
+        run = await self._commands.fail(
+            request_id=request_id,
+            status=CommandStatus.REFUSED,
+            error_code=f"rejected_{rejection.reason}",
+            error=f"the probe rejected the instruction: {rejection.reason} {rejection.detail}".strip(),
+        )
+        tracker = self._trackers.get(request_id)
+        if tracker is not None:
+            self._complete(tracker, run or await self._commands.get(request_id))
+
+    async def expire(
+        self, request_id: str, *, status: CommandStatus, error_code: str, error: str
+    ) -> CommandRunRead | None:
+        """Finish a tracked command from the control plane's side (timeout, probe gone)."""
+        run = await self._commands.fail(request_id=request_id, status=status, error_code=error_code, error=error)
+        tracker = self._trackers.get(request_id)
+        if tracker is not None:
+            self._complete(tracker, run or await self._commands.get(request_id))
+        return run
+
+    def _complete(self, tracker: _Tracker, run: CommandRunRead) -> None:
+        tracker.run = run
+        tracker.done.set()
+        for listener in tracker.listeners:
+            try:
+                listener.send_nowait(StreamItem(run=run))
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+            listener.close()
+        tracker.listeners.clear()
+        self._forget(tracker)
+
+    def _forget(self, tracker: _Tracker) -> None:
+        self._trackers.pop(tracker.request_id, None)
+        self._by_envelope.pop(tracker.envelope_id, None)
+
+    def tracked_for(self, probe_id: str) -> list[str]:
+        """Request ids in flight to ``probe_id``."""
+        return [t.request_id for t in self._trackers.values() if t.probe_id == probe_id]
