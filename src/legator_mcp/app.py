@@ -67,7 +67,7 @@ def build_services(settings: Settings) -> AppContext:
     commands = CommandService(database=database, audit=audit, events=events)
     hub = Hub(fleet=fleet, commands=commands, keyring=keyring)
     fleet.attach_link(hub)
-    command_flow = CommandFlow(fleet=fleet, policy=policy, commands=commands, hub=hub)
+    command_flow = CommandFlow(fleet=fleet, policy=policy, commands=commands, approvals=approvals, hub=hub)
     return AppContext(
         settings=settings,
         database=database,

@@ -17,6 +17,7 @@ import uvicorn
 
 from legator_mcp.app import LegatorApp, build_app
 from legator_mcp.auth.schemas import ApiKeyCreate
+from legator_mcp.fleet.schemas import TokenCreate
 from legator_mcp.auth.service import ADMIN_KEY_FILE, write_secret_file
 from legator_mcp.cli import _stdio
 from legator_mcp.cli._common import CliError, add_settings_flags, settings_from_args
@@ -142,6 +143,50 @@ async def _demo_key(app: LegatorApp) -> str:
     return created.plain_key
 
 
+PROBE_COMMAND = [sys.executable, "-m", "legator_probe.agent"]
+
+
+async def _demo_probe_registered(app: LegatorApp, base_url: str, config: Path) -> str:
+    """Register the demo's local probe once (its config lives in the data dir); describe it in one line."""
+    if not await anyio.Path(config).exists():
+        token = await app.services.fleet.create_token(
+            actor=Principal.system("legator-demo"),
+            request=TokenCreate(policy_level="diagnose", tags=["local", "demo"]),
+            base_url=base_url,
+        )
+        env = {**os.environ, "LEGATOR_PROBE_TOKEN": token.token}
+        done = await anyio.run_process(
+            [*PROBE_COMMAND, "init", "--server", base_url, "--config", str(config), "--tags", "local,demo"],
+            env=env,
+            check=False,
+        )
+        if done.returncode != 0:
+            return f"could not register the local probe: {done.stderr.decode(errors='replace').strip()[-300:]}"
+    probe_id = json.loads(await anyio.Path(config).read_text(encoding="utf-8")).get("probe_id", "?")
+    return f"{probe_id} (this machine, level diagnose; log in {config.parent / 'probe.log'})"
+
+
+async def _run_demo_probe(app: LegatorApp, config: Path) -> None:
+    """Run ``legator-probe run`` for the demo until the control plane stops; restart it if it exits."""
+    if not await anyio.Path(config).exists():
+        return
+    log_path = config.parent / "probe.log"
+    for _attempt in range(5):
+        with open(log_path, "ab") as log:  # noqa: ASYNC230 - opened once per probe start
+            process = await anyio.open_process([*PROBE_COMMAND, "run", "--config", str(config)], stdout=log, stderr=log)
+        try:
+            await process.wait()
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                with anyio.move_on_after(10, shield=True):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+        logger.warning("the demo probe exited with code %s; restarting it", process.returncode)
+        await anyio.sleep(2)
+
+
 def _claude_config(base_url: str, key: str) -> dict[str, Any]:
     command = shutil.which("legator") or str(Path(sys.executable).with_name("legator"))
     return {
@@ -166,6 +211,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     async def ready(app: LegatorApp, base_url: str) -> None:
         key = await _demo_key(app)
+        probe_config = app.settings.data_dir / "probe" / "probe.json"
+        probe_line = await _demo_probe_registered(app, base_url, probe_config)
         lines = [
             "",
             "Legator demo control plane is running (embedded SQLite).",
@@ -173,6 +220,7 @@ def _demo(args: argparse.Namespace) -> int:
             f"  MCP URL:   {base_url}/mcp",
             f"  API key:   {key}",
             f"  REST API:  {base_url}/api/v1   (curl -H 'Authorization: Bearer {key[:12]}…' {base_url}/api/v1/me)",
+            f"  Probe:     {probe_line}",
             "  Claude Desktop config (claude_desktop_config.json):",
             json.dumps(_claude_config(base_url, key), indent=2),
             "Press Ctrl-C to stop.",
@@ -180,6 +228,7 @@ def _demo(args: argparse.Namespace) -> int:
         ]
         sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()
+        await _run_demo_probe(app, probe_config)
 
     return _start(settings, ready)
 

@@ -35,7 +35,9 @@ class CommandRun(Base):
     risk: Mapped[str] = mapped_column(String(16))
     required_level: Mapped[str] = mapped_column(String(16))
     rationale: Mapped[dict[str, Any]]
-    approval_id: Mapped[str | None] = mapped_column(String(64))
+    approval_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    approval_sha256: Mapped[str | None] = mapped_column(String(64))
+    """The digest the approval request returned, kept here so a tampered approval row cannot match it."""
     exit_code: Mapped[int | None] = mapped_column(Integer)
     stdout: Mapped[str] = mapped_column(Text, default="")
     stderr: Mapped[str] = mapped_column(Text, default="")

@@ -50,6 +50,7 @@ class CommandRunRead(BaseModel):
     required_level: str
     rationale: dict[str, Any]
     approval_id: str | None = None
+    approval_expires_at: datetime | None = None
     requested_by: str
     exit_code: int | None = None
     stdout: str = ""

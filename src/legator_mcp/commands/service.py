@@ -15,7 +15,7 @@ from legator_mcp.commands.schemas import TERMINAL_STATUSES, CommandRunRead, Comm
 from legator_mcp.commands.store import CommandStore
 from legator_mcp.db.base import utcnow
 from legator_mcp.db.session import Database
-from legator_mcp.errors import NotFound
+from legator_mcp.errors import Conflict, NotFound
 from legator_mcp.events.service import EventBus
 from legator_mcp.policy.schemas import PolicyDecision
 from legator_mcp.principal import Principal, PrincipalKind
@@ -122,6 +122,7 @@ class CommandService:
         decision: PolicyDecision,
         status: CommandStatus,
         approval_id: str | None = None,
+        approval_sha256: str | None = None,
         origin_request_id: str | None = None,
     ) -> CommandRunRead:
         """Record a requested command with its policy decision (``dispatched``, ``denied`` or ``pending_approval``).
@@ -149,6 +150,7 @@ class CommandService:
             required_level=decision.required_level,
             rationale=decision.model_dump(mode="json"),
             approval_id=approval_id,
+            approval_sha256=approval_sha256,
             created_at=self._clock(),
             dispatched_at=self._clock() if status is CommandStatus.DISPATCHED else None,
             finished_at=self._clock() if status in TERMINAL_STATUSES else None,
@@ -273,6 +275,44 @@ class CommandService:
             detail={"request_id": row.request_id, "status": status.value, "error_code": error_code, "error": error},
             session=session,
         )
+
+    async def awaiting_approval(self, approval_id: str) -> list[tuple[CommandRunRead, str, str | None]]:
+        """Runs waiting on ``approval_id``, with the payload digest and approval digest recorded when queued."""
+        async with self._db.read() as session:
+            rows = await self._store.by_approval(session, approval_id)
+        return [
+            (_read(row), row.payload_sha256, row.approval_sha256)
+            for row in rows
+            if row.status == CommandStatus.PENDING_APPROVAL.value
+        ]
+
+    async def mark_dispatched(self, *, request_id: str, actor: str) -> CommandRunRead:
+        """Move an approved run from ``pending_approval`` to ``dispatched`` (audited as ``command.sent``).
+
+        Raises:
+            Conflict: If the run is no longer waiting for approval.
+        """
+        async with self._db.write() as session:
+            row = await self._store.get(session, request_id, for_update=True)
+            if row is None or row.status != CommandStatus.PENDING_APPROVAL.value:
+                raise Conflict(f"command {request_id} is not waiting for approval")
+            row.status = CommandStatus.DISPATCHED.value
+            row.dispatched_at = self._clock()
+            await self._audit.record(
+                type="command.sent",
+                actor=actor,
+                principal_kind=PrincipalKind.SYSTEM,
+                probe_id=row.probe_id,
+                summary=f"approved {row.kind} command {request_id} dispatched",
+                detail={"request_id": request_id, "approval_id": row.approval_id, "payload_sha256": row.payload_sha256},
+                session=session,
+            )
+            read = _read(row)
+        self._events.publish(
+            "command.dispatched", summary=f"approved command {request_id} dispatched", probe_id=read.probe_id,
+            detail={"request_id": request_id, "approval_id": read.approval_id},
+        )  # fmt: skip
+        return read
 
     async def note_cancel(self, *, actor: Principal, run: CommandRunRead) -> None:
         """Audit that ``actor`` asked to cancel ``run``."""

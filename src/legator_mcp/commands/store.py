@@ -42,6 +42,10 @@ class CommandStore:
         statement = select(CommandRun).where(CommandRun.status == "dispatched", CommandRun.dispatched_at < cutoff)
         return (await session.execute(statement)).scalars().all()
 
+    async def by_approval(self, session: AsyncSession, approval_id: str) -> Sequence[CommandRun]:
+        statement = select(CommandRun).where(CommandRun.approval_id == approval_id).with_for_update()
+        return (await session.execute(statement)).scalars().all()
+
     async def recent_for_probe(self, session: AsyncSession, probe_id: str, *, limit: int) -> Sequence[CommandRun]:
         statement = (
             select(CommandRun)

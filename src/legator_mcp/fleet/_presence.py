@@ -14,6 +14,7 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from legator_mcp.audit.service import AuditService
+from legator_mcp.db._errors import map_db_errors
 from legator_mcp.db.session import Database
 from legator_mcp.errors import InvalidRequest, NotFound, ServiceUnavailable
 from legator_mcp.events.service import EventBus
@@ -175,43 +176,53 @@ class Presence:
             raise NotFound(f"probe {probe_id} not found", details={"probe_id": probe_id})
         return result
 
-    async def _write_heartbeats(self, items: dict[str, tuple[HeartbeatPayload, datetime]]) -> dict[str, HeartbeatRead]:
+    def _judge(
+        self, probe_id: str, hostname: str, status: str, cpus: int | None, heartbeat: HeartbeatPayload, seen: datetime
+    ) -> tuple[dict[str, Any], HeartbeatRead, _Transition | None]:
+        """The column values a heartbeat writes, its result, and the status transition it causes (if any)."""
+        metrics = heartbeat.model_dump(mode="json")
         timing = self._timing
+        kwargs: dict[str, Any] = {
+            "cpus": cpus, "heartbeat_age_s": None, "heartbeat_interval_s": timing.heartbeat_interval_s,
+            "offline_after_s": timing.offline_after_s,
+        }  # fmt: skip
+        health = assess(metrics, **kwargs)
+        verdict = assess(metrics, margin=RECOVERY_MARGIN, **kwargs) if status == "degraded" else health
+        new: ProbeStatus = "online" if verdict.status == "healthy" else "degraded"
+        transition = None
+        if new != status:
+            why = "; ".join(r.message for r in verdict.reasons) or "all health checks pass"
+            transition = _Transition(probe_id, hostname, status, new, why)
+        values: dict[str, Any] = {
+            "id": probe_id, "last_seen_at": seen, "metrics": metrics, "health_score": health.score,
+            "health_reasons": [r.model_dump(mode="json") for r in health.reasons], "status": new,
+        }  # fmt: skip
+        result = HeartbeatRead(
+            probe_id=probe_id, status=new, previous_status=cast(ProbeStatus, status), health_score=health.score,
+            health_status=health.status,
+        )  # fmt: skip
+        return values, result, transition
+
+    async def _write_heartbeats(self, items: dict[str, tuple[HeartbeatPayload, datetime]]) -> dict[str, HeartbeatRead]:
         results: dict[str, HeartbeatRead] = {}
         transitions: list[_Transition] = []
         rows: list[dict[str, Any]] = []
-        async with self._db.write() as session:
-            for probe_id, hostname, status, cpus, status_changed_at in await self._store.heartbeat_targets(
-                session, list(items)
-            ):
-                heartbeat, seen = items[probe_id]
-                metrics = heartbeat.model_dump(mode="json")
-                health = assess(
-                    metrics, cpus=cpus, heartbeat_age_s=None, heartbeat_interval_s=timing.heartbeat_interval_s,
-                    offline_after_s=timing.offline_after_s,
-                )  # fmt: skip
-                verdict = health
-                if status == "degraded":
-                    verdict = assess(
-                        metrics, cpus=cpus, heartbeat_age_s=None, heartbeat_interval_s=timing.heartbeat_interval_s,
-                        offline_after_s=timing.offline_after_s, margin=RECOVERY_MARGIN,
-                    )  # fmt: skip
-                new: ProbeStatus = "online" if verdict.status == "healthy" else "degraded"
-                if new != status:
-                    why = "; ".join(r.message for r in verdict.reasons) or "all health checks pass"
-                    transitions.append(_Transition(probe_id, hostname, status, new, why))
-                    status_changed_at = seen
-                rows.append({
-                    "id": probe_id, "last_seen_at": seen, "metrics": metrics, "health_score": health.score,
-                    "health_reasons": [r.model_dump(mode="json") for r in health.reasons], "status": new,
-                    "status_changed_at": status_changed_at,
-                })  # fmt: skip
-                results[probe_id] = HeartbeatRead(
-                    probe_id=probe_id, status=new, previous_status=cast(ProbeStatus, status), health_score=health.score,
-                    health_status=health.status,
-                )  # fmt: skip
-            await self._store.apply_heartbeats(session, rows)
-            await self._record(session, transitions, None)
+        with map_db_errors():
+            async with self._db.write() as session:
+                for probe_id, hostname, status, cpus, changed_at in await self._store.heartbeat_targets(
+                    session, list(items)
+                ):
+                    heartbeat, seen = items[probe_id]
+                    values, results[probe_id], transition = self._judge(
+                        probe_id, hostname, status, cpus, heartbeat, seen
+                    )
+                    # Every row sets the same columns, so the store can write them all in one executemany.
+                    values["status_changed_at"] = changed_at if transition is None else seen
+                    rows.append(values)
+                    if transition is not None:
+                        transitions.append(transition)
+                await self._store.apply_heartbeats(session, rows)
+                await self._record(session, transitions, None)
         self._publish(transitions)
         return results
 

@@ -10,7 +10,9 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
-from legator_mcp.commands.service import CommandService, new_request_id
+from legator_mcp.approval.schemas import ApprovalRead
+from legator_mcp.approval.service import ApprovalService
+from legator_mcp.commands.service import CommandService, new_request_id, payload_digest
 from legator_mcp.errors import InvalidRequest, NotFound, PermissionDenied, ProbeUnavailable
 from legator_mcp.fleet.service import FleetService
 from legator_mcp.policy.schemas import Decision, PolicyDecision
@@ -57,16 +59,29 @@ class CommandRequest(BaseModel):
     request_id: str | None = None
 
 
+def _action(command: CommandPayload) -> dict[str, Any]:
+    """The part of a command an approval binds to: everything but its per-send fields (ids, nonce, expiry)."""
+    return command.model_dump(mode="json", exclude={"request_id", "probe_id", "nonce", "expires_at"})
+
+
 class CommandFlow:
     """The one way a command reaches a probe."""
 
     def __init__(
-        self, *, fleet: FleetService, policy: PolicyService, commands: CommandService, hub: ProbeDispatcher
+        self,
+        *,
+        fleet: FleetService,
+        policy: PolicyService,
+        commands: CommandService,
+        approvals: ApprovalService,
+        hub: ProbeDispatcher,
     ) -> None:
         self._fleet = fleet
         self._policy = policy
         self._commands = commands
+        self._approvals = approvals
         self._hub = hub
+        approvals.on_approved(self.execute_approved)
 
     def _payload(self, probe_id: str, request: CommandRequest) -> CommandPayload:
         try:
@@ -139,8 +154,8 @@ class CommandFlow:
             return await self._commands.create(
                 actor=actor, command=command, decision=decision, status=CommandStatus.DENIED
             )
-        if decision.decision is Decision.QUEUE:  # pragma: no cover - the approval queue arrives with issue 4
-            raise PermissionDenied("this command needs approval, which is not available yet")
+        if decision.decision is Decision.QUEUE:
+            return await self._queue(actor=actor, probe_hostname=probe.hostname, command=command, decision=decision)
         run = await self._commands.create(
             actor=actor, command=command, decision=decision, status=CommandStatus.DISPATCHED
         )
@@ -164,13 +179,79 @@ class CommandFlow:
             )  # fmt: skip
         return finished or await self._commands.get(command.request_id)
 
+    async def _queue(
+        self, *, actor: Principal, probe_hostname: str, command: CommandPayload, decision: PolicyDecision
+    ) -> CommandRunRead:
+        action = _action(command)
+        approval = await self._approvals.request(
+            requester=actor,
+            probe_ids=[command.probe_id],
+            action=action,
+            risk=decision.risk,
+            summary=f"{command.kind} on {probe_hostname} needs approval (risk {decision.risk})",
+            policy=decision.model_dump(mode="json"),
+        )
+        run = await self._commands.create(
+            actor=actor, command=command, decision=decision, status=CommandStatus.PENDING_APPROVAL,
+            approval_id=approval.id, approval_sha256=approval.payload_sha256,
+        )  # fmt: skip
+        return run.model_copy(update={"approval_expires_at": approval.expires_at})
+
+    async def execute_approved(self, approval: ApprovalRead) -> None:
+        """Run the commands an approval released, exactly as they were queued (the approval hook).
+
+        The approval is consumed first, checked against the digest recorded when it was queued; then the
+        released action is checked again against the command run's own digest. A mismatch anywhere means the
+        stored request was altered after it was queued, and nothing runs.
+        """
+        for run, payload_sha256, approval_sha256 in await self._commands.awaiting_approval(approval.id):
+            if approval_sha256 is None:
+                continue
+            released = await self._approvals.consume(
+                approval_id=approval.id, expected_sha256=approval_sha256, consumer_ref=run.request_id
+            )
+            action = released.action
+            digest = payload_digest(
+                probe_id=run.probe_id, kind=str(action.get("kind")), spec=action.get("spec", {}),
+                timeout_s=float(action.get("timeout_s", 0)),
+            )  # fmt: skip
+            if digest != payload_sha256 or released.probe_ids != [run.probe_id]:
+                await self._commands.fail(
+                    request_id=run.request_id, status=CommandStatus.DENIED, error_code="approval_tampered",
+                    error="the approved action differs from the queued command; it was not run",
+                )  # fmt: skip
+                continue
+            command = COMMAND_PAYLOAD_ADAPTER.validate_python(
+                {**action, "request_id": run.request_id, **self._hub.signed_fields(run.probe_id)}
+            )
+            await self._commands.mark_dispatched(request_id=run.request_id, actor=f"approval:{approval.id}")
+            try:
+                await self._hub.dispatch(command)
+            except ProbeUnavailable:
+                await self._commands.fail(
+                    request_id=run.request_id, status=CommandStatus.ERROR, error_code="probe_unavailable",
+                    error=f"approved, but probe {run.probe_id} is not connected",
+                )  # fmt: skip
+
+    async def _settle_pending(self, run: CommandRunRead) -> CommandRunRead:
+        """A run still waiting for approval finishes when its approval was denied or expired."""
+        if run.status is not CommandStatus.PENDING_APPROVAL or run.approval_id is None:
+            return run
+        approval = await self._approvals.get(run.approval_id)
+        if approval.status in {"denied", "expired"}:
+            return await self._commands.fail(
+                request_id=run.request_id, status=CommandStatus.DENIED, error_code=f"approval_{approval.status}",
+                error=f"approval {approval.id} was {approval.status}",
+            ) or await self._commands.get(run.request_id)  # fmt: skip
+        return run.model_copy(update={"approval_expires_at": approval.expires_at})
+
     async def result(self, *, request_id: str, wait_s: float = 0) -> CommandRunRead:
         """Fetch a run, optionally waiting up to ``wait_s`` seconds for it to finish.
 
         Raises:
             NotFound: If there is no run with that request id.
         """
-        run = await self._commands.get(request_id)
+        run = await self._settle_pending(await self._commands.get(request_id))
         if not run.finished and wait_s > 0 and self._hub.is_tracking(request_id):
             finished = await self._hub.wait(request_id, timeout=wait_s)
             if finished is not None:

@@ -7,11 +7,14 @@ on the same :meth:`PolicyService.evaluate`.
 from collections.abc import Mapping
 from typing import Any
 
-from legator_mcp.policy.classifier import Level, classify
+from legator_mcp.policy.classifier import Level, Risk, classify
 from legator_mcp.policy.schemas import Decision, IndicatorRead, PolicyDecision
 from legator_mcp.principal import Principal
 
-__all__ = ["PolicyService"]
+__all__ = ["APPROVAL_THRESHOLD", "PolicyService"]
+
+APPROVAL_THRESHOLD = Risk.HIGH
+"""Commands at or above this risk wait for a human approval, whatever the probe's level."""
 
 
 class PolicyService:
@@ -47,9 +50,17 @@ class PolicyService:
                 f"probe level {level.value} is below the required level {verdict.required_level.value}"
                 f" (policy {policy_id or 'default'})"
             )
+        elif verdict.risk >= APPROVAL_THRESHOLD:
+            decision = Decision.QUEUE
+            rationale.append(f"probe level {level.value} allows level {verdict.required_level.value}")
+            rationale.append(
+                f"risk {verdict.risk.value} is at or above the approval threshold ({APPROVAL_THRESHOLD.value}): "
+                "a human must approve it first"
+            )
         else:
             decision = Decision.ALLOW
             rationale.append(f"probe level {level.value} allows level {verdict.required_level.value}")
+            rationale.append(f"risk {verdict.risk.value} is below the approval threshold ({APPROVAL_THRESHOLD.value})")
         rationale.append(f"requested by {principal.actor}")
         return PolicyDecision(
             decision=decision,

@@ -709,3 +709,16 @@ async def test_a_concurrent_rotation_is_a_conflict(fleet: Fleet, database: Datab
     fleet.link.after_push = rotate_elsewhere
     with pytest.raises(Conflict):
         await fleet.service.rotate_key(actor=ADMIN, probe_id=probe_id)
+
+
+async def test_the_sweeper_loop_runs_the_sweep_until_cancelled(fleet: Fleet) -> None:
+    probe_id = (await fleet.online("quiet-1")).probe_id
+    fleet.clock.advance(91)
+    event: Event | None = None
+    async with fleet.events.subscribe("probe.offline") as subscription:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: fleet.service.run_sweeper(interval_s=0.001))
+                event = await subscription.next(5)
+                tg.cancel_scope.cancel()
+    assert event is not None and event.probe_id == probe_id

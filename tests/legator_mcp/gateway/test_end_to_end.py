@@ -2,7 +2,10 @@
 REST and MCP, signed-instruction rejections, offline detection and reconnection after a restart.
 """
 
+import json
 import socket
+import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,15 +19,17 @@ import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from tests.support.app import Running
+from tests.support.mcp import tool_error_code
 from tests.support.probes import ProbeProcess, create_token, start_probe
 
 from legator_mcp.app import build_app
 from legator_mcp.audit.schemas import AuditQuery
 from legator_mcp.commands.schemas import CommandStatus
+from legator_mcp.errors import LegatorError
 from legator_mcp.events.service import Subscription
 from legator_mcp.flows.run_command import CommandRequest
 from legator_mcp.policy.schemas import Decision, PolicyDecision
-from legator_mcp.principal import Principal
+from legator_mcp.principal import Permission, Principal, PrincipalKind
 from legator_mcp.settings import Settings
 from legator_probe.protocol import COMMAND_PAYLOAD_ADAPTER, CommandMessage, new_message_id, sign_envelope
 from legator_probe.protocol.signing import derive_probe_keypair
@@ -350,3 +355,100 @@ async def test_wrong_credentials_never_upgrade_and_garbage_frames_do_not_hurt_th
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     async with httpx.AsyncClient(base_url=cp.base_url) as client:
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def _mcp(cp: Running, key: str) -> tuple[httpx2.AsyncClient, Client]:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    return http, Client(streamable_http_client(f"{cp.base_url}/mcp", http_client=http))
+
+
+async def test_a_high_risk_write_waits_for_another_admin_and_runs_exactly_once(cp: Running, tmp_path: Path) -> None:
+    probe = await _online_probe(cp, tmp_path)
+    target = Path("/etc") / f"legator-e2e-{uuid.uuid4().hex[:8]}.conf"
+    async with cp.client() as admin:
+        created = await admin.post("/api/v1/auth/keys", json={"name": "second-admin", "permissions": ["admin"]})
+    second_key = created.json()["plain_key"]
+    http_a, client_a = await _mcp(cp, cp.admin_key)
+    http_b, client_b = await _mcp(cp, second_key)
+    try:
+        async with http_a, client_a, http_b, client_b:
+            queued = await client_a.call_tool(
+                "legator_write_file", {"probe_id": probe.probe_id, "path": str(target), "content": "approved\n"}
+            )
+            assert not queued.is_error and queued.structured_content is not None
+            result = queued.structured_content
+            assert result["status"] == "pending_approval" and result["risk"] in {"high", "critical"}
+            assert result["approval_id"] and result["how_to_approve"] and result["rationale"]
+            assert not target.exists()
+
+            own = await client_a.call_tool(
+                "legator_decide_approval", {"approval_id": result["approval_id"], "decision": "approved"}
+            )
+            assert tool_error_code(own) == "self_approval"
+            assert not target.exists()
+
+            approved = await client_b.call_tool(
+                "legator_decide_approval", {"approval_id": result["approval_id"], "decision": "approved"}
+            )
+            assert not approved.is_error, approved.content
+            finished = await client_a.call_tool(
+                "legator_get_command_result", {"request_id": result["request_id"], "wait_s": 30}
+            )
+            assert finished.structured_content is not None and finished.structured_content["status"] == "ok"
+            assert target.read_text(encoding="utf-8") == "approved\n"
+
+            again = await client_b.call_tool(
+                "legator_decide_approval", {"approval_id": result["approval_id"], "decision": "approved"}
+            )
+            assert again.is_error
+            writes = await cp.app.services.audit.search(AuditQuery(type="command.result", probe_id=probe.probe_id))
+            assert [e.detail["request_id"] for e in writes.events if e.detail].count(result["request_id"]) == 1
+    finally:
+        target.unlink(missing_ok=True)
+        probe.terminate()
+
+
+async def test_an_expired_or_tampered_approval_never_runs(cp: Running, tmp_path: Path) -> None:
+    probe = await _online_probe(cp, tmp_path)
+    services = cp.app.services
+    expired_target = Path("/etc") / f"legator-e2e-{uuid.uuid4().hex[:8]}.conf"
+    tampered_target = Path("/etc") / f"legator-e2e-{uuid.uuid4().hex[:8]}.conf"
+    requester = Principal(PrincipalKind.API_KEY, "requester", "requester", frozenset({Permission.ADMIN}))
+    approver = Principal(PrincipalKind.API_KEY, "approver", "approver", frozenset({Permission.ADMIN}))
+    try:
+        expiring = await services.command_flow.run(
+            actor=requester, probe_id=probe.probe_id, wait=False,
+            request=CommandRequest(kind="file_write", spec={"path": str(expired_target), "content": "late\n"}),
+        )  # fmt: skip
+        assert expiring.status is CommandStatus.PENDING_APPROVAL and expiring.approval_id
+        db = sqlite3.connect(cp.app.settings.data_dir / "legator.db")
+        db.execute(
+            "UPDATE approvals SET expires_at = '2000-01-01 00:00:00.000000' WHERE id = ?", (expiring.approval_id,)
+        )
+        db.commit()
+        with pytest.raises(LegatorError) as info:
+            await services.approvals.decide(approver=approver, approval_id=expiring.approval_id, decision="approved")
+        assert info.value.code == "approval_expired"
+        settled = await services.command_flow.result(request_id=expiring.request_id)
+        assert settled.status is CommandStatus.DENIED and not expired_target.exists()
+
+        tampered = await services.command_flow.run(
+            actor=requester, probe_id=probe.probe_id, wait=False,
+            request=CommandRequest(kind="file_write", spec={"path": str(tampered_target), "content": "benign\n"}),
+        )  # fmt: skip
+        assert tampered.approval_id
+        (action_text,) = db.execute("SELECT action FROM approvals WHERE id = ?", (tampered.approval_id,)).fetchone()
+        action = json.loads(action_text)
+        action["spec"]["content"] = "evil\n"
+        db.execute("UPDATE approvals SET action = ? WHERE id = ?", (json.dumps(action), tampered.approval_id))
+        db.commit()
+        db.close()
+        await services.approvals.decide(approver=approver, approval_id=tampered.approval_id, decision="approved")
+        still = await services.commands.get(tampered.request_id)
+        assert still.status is not CommandStatus.OK and not tampered_target.exists()
+        page = await services.audit.search(AuditQuery(type="approval.tamper_detected"))
+        assert page.events
+    finally:
+        expired_target.unlink(missing_ok=True)
+        tampered_target.unlink(missing_ok=True)
+        probe.terminate()

@@ -20,15 +20,16 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 
 
 async def _key(running: Running, *permissions: str) -> str:
+    name = "k-" + "-".join(permissions).replace(":", "-")
     async with running.client() as admin:
-        created = await admin.post("/api/v1/auth/keys", json={"name": "k-" + "-".join(permissions).replace(":", "-"),
-                                                               "permissions": list(permissions)})  # fmt: skip
+        created = await admin.post("/api/v1/auth/keys", json={"name": name, "permissions": list(permissions)})
     return created.json()["plain_key"]
 
 
-async def _register(client: httpx.AsyncClient, hostname: str, **token: Any) -> dict[str, Any]:
-    created = (await client.post("/api/v1/tokens", json=token)).json()
-    async with httpx.AsyncClient(transport=client._transport, base_url=client.base_url) as anonymous:
+async def _register(running: Running, hostname: str, **token: Any) -> dict[str, Any]:
+    async with running.client() as admin:
+        created = (await admin.post("/api/v1/tokens", json=token)).json()
+    async with running.client("") as anonymous:
         response = await anonymous.post("/api/v1/register", json={"token": created["token"], "hostname": hostname})
     assert response.status_code == 201, response.text
     return response.json()
@@ -127,8 +128,8 @@ async def test_malformed_token_requests_are_4xx(running: Running, body: dict[str
 
 async def test_probes_are_listed_paged_filtered_tagged_and_deleted(running: Running) -> None:
     async with running.client() as admin:
-        ids = [(await _register(admin, f"web-{n}", tags=["web"]))["probe_id"] for n in range(3)]
-        await _register(admin, "db-1", tags=["db"])
+        ids = [(await _register(running, f"web-{n}", tags=["web"]))["probe_id"] for n in range(3)]
+        await _register(running, "db-1", tags=["db"])
         page = (await admin.get("/api/v1/probes", params={"limit": 2})).json()
         assert (len(page["probes"]), page["total"], page["has_more"]) == (2, 4, True)
         rest = (await admin.get("/api/v1/probes", params={"limit": 2, "cursor": page["next_cursor"]})).json()
@@ -157,7 +158,7 @@ async def test_probes_are_listed_paged_filtered_tagged_and_deleted(running: Runn
 async def test_health_inventory_summary_rotation_and_cleanup(running: Running) -> None:
     fleet = running.app.services.fleet
     async with running.client() as admin:
-        probe_id = (await _register(admin, "web-1", tags=["web"]))["probe_id"]
+        probe_id = (await _register(running, "web-1", tags=["web"]))["probe_id"]
         unknown = (await admin.get(f"/api/v1/probes/{probe_id}/health")).json()
         assert (unknown["score"], unknown["status"]) == (0, "unknown")
         await fleet.probe_connected(

@@ -4,6 +4,7 @@ Every tool goes through the command flow, so policy decides and the audit log re
 a normal result with ``status: "denied"`` and the reasons, not an error, so the model can explain or adjust.
 """
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -11,7 +12,7 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from legator_mcp.commands.schemas import CommandRunRead
+from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
 from legator_mcp.commands.service import new_request_id
 from legator_mcp.flows.run_command import CommandRequest
 from legator_mcp.mcp._context import McpContext
@@ -39,7 +40,9 @@ class CommandOutcome(BaseModel):
     request_id: str
     probe_id: str
     kind: str
-    status: str = Field(description="denied, dispatched (still running), ok, error, timeout, canceled, refused or lost")
+    status: str = Field(
+        description="pending_approval, denied, dispatched (still running), ok, error, timeout, canceled, refused or lost"
+    )
     decision: str
     risk: str
     required_level: str
@@ -54,6 +57,9 @@ class CommandOutcome(BaseModel):
     error_code: str | None = None
     error: str | None = None
     data: dict[str, Any] | None = None
+    approval_id: str | None = Field(default=None, description="Set when the command waits for a human approval")
+    approval_expires_at: datetime | None = None
+    how_to_approve: str | None = Field(default=None, description="How a human (not the requester) approves it")
     next_step: str | None = Field(default=None, description="What to do next, when the command is not finished")
 
 
@@ -62,7 +68,18 @@ def outcome(run: CommandRunRead) -> CommandOutcome:
     stdout, cut_out = _cap(run.stdout)
     stderr, cut_err = _cap(run.stderr)
     next_step = None
-    if not run.finished:
+    how_to_approve = None
+    if run.status is CommandStatus.PENDING_APPROVAL and run.approval_id:
+        how_to_approve = (
+            f"A different person with approval:write approves it in the console at /ui/approvals/{run.approval_id}, "
+            f"with `legator approvals approve {run.approval_id}`, or with legator_decide_approval. "
+            "You cannot approve your own request."
+        )
+        next_step = (
+            f"tell the user approval {run.approval_id} is needed; afterwards call legator_get_command_result with "
+            f"request_id={run.request_id} and wait_s to collect the result"
+        )
+    elif not run.finished:
         next_step = f"call legator_get_command_result with request_id={run.request_id} (and wait_s) for the result"
     elif cut_out or cut_err:
         next_step = "output was cut for this reply; legator_get_command_result returns up to 256 KiB per stream"
@@ -85,6 +102,9 @@ def outcome(run: CommandRunRead) -> CommandOutcome:
         error_code=run.error_code,
         error=run.error,
         data=run.data,
+        approval_id=run.approval_id,
+        approval_expires_at=run.approval_expires_at,
+        how_to_approve=how_to_approve,
         next_step=next_step,
     )
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 06:35:07.051908
+Create Date: 2026-11-28 07:21:39.052932
 """
 
 from collections.abc import Sequence
@@ -129,6 +129,7 @@ def upgrade() -> None:
         sa.Column("required_level", sa.String(length=16), nullable=False),
         sa.Column("rationale", sa.JSON(), nullable=False),
         sa.Column("approval_id", sa.String(length=64), nullable=True),
+        sa.Column("approval_sha256", sa.String(length=64), nullable=True),
         sa.Column("exit_code", sa.Integer(), nullable=True),
         sa.Column("stdout", sa.Text(), nullable=False),
         sa.Column("stderr", sa.Text(), nullable=False),
@@ -145,6 +146,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("request_id", name=op.f("pk_command_runs")),
     )
     with op.batch_alter_table("command_runs", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_command_runs_approval_id"), ["approval_id"], unique=False)
         batch_op.create_index("ix_command_runs_probe_created", ["probe_id", "created_at"], unique=False)
         batch_op.create_index("ix_command_runs_status", ["status"], unique=False)
 
@@ -302,6 +304,7 @@ def downgrade() -> None:
     with op.batch_alter_table("command_runs", schema=None) as batch_op:
         batch_op.drop_index("ix_command_runs_status")
         batch_op.drop_index("ix_command_runs_probe_created")
+        batch_op.drop_index(batch_op.f("ix_command_runs_approval_id"))
 
     op.drop_table("command_runs")
     op.drop_table("audit_head")
