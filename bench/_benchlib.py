@@ -24,6 +24,7 @@ import httpx
 
 __all__ = [
     "REPO",
+    "BenchError",
     "VENV_BIN",
     "ControlPlane",
     "ProcSample",
@@ -33,6 +34,7 @@ __all__ = [
     "print_table",
     "proc_sample",
     "raise_fd_limit",
+    "source_info",
     "summarize",
     "vm_rss_bytes",
     "write_json",
@@ -43,6 +45,10 @@ VENV_BIN = Path(sys.executable).parent
 """The scripts are run with the project's ``.venv/bin/python``; ``legator`` and ``legator-probe`` sit beside it."""
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (the message says why); what was measured so far is still reported."""
 
 
 def mib(value: float | None) -> float | None:
@@ -155,9 +161,27 @@ def machine_info() -> dict[str, Any]:
         "ip_local_port_range": _read("/proc/sys/net/ipv4/ip_local_port_range"),
         "tcp_tw_reuse": _read("/proc/sys/net/ipv4/tcp_tw_reuse"),
         "somaxconn": _read("/proc/sys/net/core/somaxconn"),
-        "git_commit": _run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
-        "git_dirty": bool(_run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"])),
+        "source": source_info(),
     }
+
+
+def source_info() -> dict[str, Any]:
+    """Which legator code is measured: the tree ``legator_probe`` is imported from, and its commit.
+
+    Run against a fixed snapshot with ``PYTHONPATH=<tree>/src`` (the control plane we start inherits it); a
+    snapshot made with ``git archive`` carries its commit in a ``COMMIT`` file.
+    """
+    import legator_probe
+
+    root = Path(legator_probe.__file__).resolve().parents[2]
+    info: dict[str, Any] = {"tree": str(root)}
+    if (root / ".git").exists():
+        info["commit"] = _run(["git", "-C", str(root), "rev-parse", "HEAD"])
+        info["src_modified"] = bool(_run(["git", "-C", str(root), "status", "--porcelain", "--", "src"]))
+    elif (root / "COMMIT").exists():
+        info["commit"] = (root / "COMMIT").read_text(encoding="ascii").strip()
+        info["src_modified"] = False
+    return info
 
 
 def raise_fd_limit(needed: int) -> tuple[int, int]:
@@ -166,7 +190,7 @@ def raise_fd_limit(needed: int) -> tuple[int, int]:
     Child processes (the control plane we start) inherit the raised limit.
 
     Raises:
-        SystemExit: If the limit cannot be raised far enough.
+        BenchError: If the limit cannot be raised far enough.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = max(soft, needed)
@@ -178,7 +202,7 @@ def raise_fd_limit(needed: int) -> tuple[int, int]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
-        raise SystemExit(
+        raise BenchError(
             f"need {needed} file descriptors but `ulimit -n` is {soft} (hard {hard}); raise it (ulimit -n {needed})"
         )
     return soft, hard
@@ -234,14 +258,14 @@ class ControlPlane:
     def admin_key(self) -> str:
         """The admin API key the server wrote on first start."""
         if self.admin_key_file is None:
-            raise SystemExit("attaching to a server needs --admin-key-file")
+            raise BenchError("attaching to a server needs --admin-key-file")
         return self.admin_key_file.read_text(encoding="ascii").strip()
 
     def start(self, *, timeout_s: float = 90.0) -> None:
         """Start ``legator serve`` and wait until ``/readyz`` answers and the admin key exists.
 
         Raises:
-            SystemExit: If it exits or is not ready within ``timeout_s``.
+            BenchError: If it exits or is not ready within ``timeout_s``.
         """
         if not self.owned:
             self._wait_ready(timeout_s)
@@ -252,7 +276,8 @@ class ControlPlane:
                 f"127.0.0.1:{self.port}"]  # fmt: skip
         if self.database_url:
             argv += ["--database-url", self.database_url]
-        self._log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        if self._log is None:
+            self._log = open(self.log_path, "a", encoding="utf-8")  # closed in stop()
         self._log.write(f"\n=== {datetime.now(UTC).isoformat()} {' '.join(argv)}\n")
         self._log.flush()
         self._proc = subprocess.Popen(
@@ -268,7 +293,7 @@ class ControlPlane:
         last: str = "no answer"
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise SystemExit(f"the control plane exited with {self._proc.returncode}; see {self.log_path}")
+                raise BenchError(f"the control plane exited with {self._proc.returncode}; see {self.log_path}")
             try:
                 answer = httpx.get(self.url + "/readyz", timeout=5)
                 if answer.status_code == 200 and (self.admin_key_file is None or self.admin_key_file.exists()):
@@ -277,7 +302,7 @@ class ControlPlane:
             except httpx.HTTPError as exc:
                 last = type(exc).__name__
             time.sleep(0.2)
-        raise SystemExit(f"the control plane at {self.url} was not ready within {timeout_s:g} s ({last})")
+        raise BenchError(f"the control plane at {self.url} was not ready within {timeout_s:g} s ({last})")
 
     def terminate(self, *, timeout_s: float = 30.0) -> float | None:
         """SIGTERM the server we started and wait (then SIGKILL); returns how long it took to exit."""

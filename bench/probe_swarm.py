@@ -39,10 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-
 from _benchlib import (  # pyright: ignore[reportMissingImports]
+    BenchError,
     ControlPlane,
     ProcSample,
     machine_info,
@@ -53,6 +51,9 @@ from _benchlib import (  # pyright: ignore[reportMissingImports]
     summarize,
     write_json,
 )
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
 from legator_probe import __version__
 from legator_probe.agent.backoff import Attempt, Backoff
 from legator_probe.protocol import (
@@ -101,23 +102,35 @@ class Registration:
 
 
 async def _register_one(client: httpx.AsyncClient, url: str, token: str, hostname: str) -> Registration:
+    """Register one probe, honouring 429/503 ``Retry-After``; bounded to 15 minutes."""
     body = {"token": token, "hostname": hostname, "os": "linux", "arch": "x86_64", "version": __version__,
             "tags": ["swarm"]}  # fmt: skip
-    for attempt in range(8):
+    deadline = time.monotonic() + 900
+    failures = 0
+    last = "no attempt"
+    while time.monotonic() < deadline:
         try:
             answer = await client.post(url + "/api/v1/register", json=body)
-        except httpx.HTTPError:
-            await asyncio.sleep(min(8.0, 0.25 * 2**attempt))
+        except httpx.HTTPError as exc:
+            failures += 1
+            last = type(exc).__name__
+            await asyncio.sleep(min(8.0, 0.25 * 2**failures))
             continue
         if answer.status_code in (200, 201):
             data = answer.json()
             key = data["signing_key"]
             return Registration(hostname, data["probe_id"], data["credential"], key["key_id"], key["public_key"])
-        if answer.status_code in (429, 500, 502, 503, 504):
-            await asyncio.sleep(min(8.0, 0.25 * 2**attempt))
+        last = f"HTTP {answer.status_code}"
+        retry_after = answer.headers.get("Retry-After", "")
+        if answer.status_code in (429, 503) and retry_after.strip().isdigit():
+            await asyncio.sleep(float(retry_after) * random.uniform(1.0, 1.1))
             continue
-        raise SystemExit(f"registering {hostname}: HTTP {answer.status_code} {answer.text[:300]}")
-    raise SystemExit(f"registering {hostname}: gave up after 8 attempts")
+        if answer.status_code >= 500:
+            failures += 1
+            await asyncio.sleep(min(8.0, 0.25 * 2**failures))
+            continue
+        raise BenchError(f"registering {hostname}: HTTP {answer.status_code} {answer.text[:300]}")
+    raise BenchError(f"registering {hostname}: gave up after 15 minutes ({last})")
 
 
 async def register_all(
@@ -444,7 +457,8 @@ class SimProbe:
         retry_after: float | None = None
 
         def handshake_timeout() -> None:
-            if not self.ready:
+            # The agent gives up on a connection whose welcome has not come within open_timeout_s (30 s).
+            if not welcomed:
                 swarm.stats.handshake_timeouts += 1
                 ws.transport.abort()
 
@@ -458,6 +472,7 @@ class SimProbe:
                 for event in protocol.events_received():
                     if isinstance(event, WelcomeMessage):
                         welcomed = True
+                        watchdog.cancel()
                         swarm.stats.welcomes += 1
                         inventory = swarm.inventory_for(self)
                         if inventory is not None:
@@ -467,7 +482,6 @@ class SimProbe:
                     elif isinstance(event, PolicyUpdateMessage):
                         swarm.stats.policies_verified += 1
                         if welcomed:
-                            watchdog.cancel()
                             self._set_ready(True)
                     elif isinstance(event, Rejected):
                         swarm.stats.signature_rejections += 1
@@ -640,7 +654,12 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
         data_dir = work / "data"
         server = ControlPlane(
             data_dir=data_dir, log_path=work / "server.log", database_url=args.database_url,
-            env={"LEGATOR_HEARTBEAT_INTERVAL_S": str(args.heartbeat)},
+            env={
+                "LEGATOR_HEARTBEAT_INTERVAL_S": str(args.heartbeat),
+                # Every simulated probe registers from 127.0.0.1, so the per-IP registration limit (20/s) would
+                # time the limiter, not the control plane; real probes register from their own addresses.
+                "LEGATOR_RATE_LIMIT_PER_MINUTE": str(args.server_rate_limit),
+            },
         )  # fmt: skip
         cache_key = f"own:{data_dir.resolve()}:{args.database_url or 'sqlite'}"
     db_url = args.database_url or (f"sqlite+aiosqlite:///{data_dir / 'legator.db'}" if data_dir else None)
@@ -648,6 +667,16 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
     swarm: Swarm | None = None
     sampler: Sampler | None = None
     counter: CommitCounter | None = None
+    # With our own SQLite server, the registration cache is a copy of the data dir taken right after registering
+    # (server stopped), restored before each run: every run starts from the same database, probes registered.
+    pristine = work / "pristine-data" if server.owned and not args.database_url else None
+    cache = work / "registrations.json"
+    if pristine is not None and data_dir is not None:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if pristine.exists() and cache.exists():
+            shutil.copytree(pristine, data_dir)
+        else:
+            cache.unlink(missing_ok=True)
     try:
         server.start()
         results["server"] = {
@@ -658,11 +687,17 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
         }
         print(f"control plane {server.url} (pid {server.pid})")
         regs, reg_info = await register_all(
-            server, count=n, prefix=args.hostname_prefix, cache=work / "registrations.json", cache_key=cache_key,
+            server, count=n, prefix=args.hostname_prefix, cache=cache, cache_key=cache_key,
             concurrency=args.register_concurrency,
         )  # fmt: skip
         results["registration"] = reg_info
         print(f"registration: {reg_info}")
+        if pristine is not None and data_dir is not None and reg_info["registered"]:
+            server.terminate()
+            shutil.rmtree(pristine, ignore_errors=True)
+            shutil.copytree(data_dir, pristine)
+            server.start()
+            results["server"]["pid"] = server.pid
 
         swarm = Swarm(args, server, regs)
         counter = CommitCounter(db_url, swarm.uptime_base) if db_url else None
@@ -729,7 +764,7 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
         }  # fmt: skip
         print(
             f"hold: {swarm.ready_count} connected, server RSS median {mib(summarize(hold_rss)['median'] if hold_rss else None)} MiB"
-        )  # noqa: E501
+        )
 
         # -- flood: heartbeat throughput ----------------------------------------------------------------------
         if args.flood_seconds > 0 and counter is not None:
@@ -806,7 +841,7 @@ async def _flood(
     results["flood"] = {
         "seconds": round(flood_s, 1), "offered_target_per_s": args.flood_rate,
         "per_probe_interval_s": round(interval, 3), "heartbeats_sent": sent, "sent_per_s": round(sent / flood_s, 1),
-        "committed_in_window": (end_count - start_count) if end_count is not None and start_count is not None else None,  # noqa: E501
+        "committed_in_window": (end_count - start_count) if end_count is not None and start_count is not None else None,
         "committed_per_s_overall": round((end_count - start_count) / flood_s, 1) if end_count is not None and start_count is not None else None,  # noqa: E501
         "committed_per_s_steady": summarize([round(r, 1) for r in steady]),
         "backlog_drained": drained_ok, "drain_seconds": round(time.monotonic() - t_drain, 2),
@@ -929,6 +964,13 @@ def main() -> None:
     parser.add_argument("--server-pid", type=int, help="pid of --server, to read its RSS")
     parser.add_argument("--data-dir", help="data dir of --server (its SQLite file is read to count commits)")
     parser.add_argument("--database-url", help="PostgreSQL URL for the server we start (or of --server)")
+    parser.add_argument(
+        "--server-rate-limit",
+        type=int,
+        default=1_000_000,
+        help="LEGATOR_RATE_LIMIT_PER_MINUTE of the server we start (registrations all come from "
+        "127.0.0.1; default 1000000, i.e. out of the way)",
+    )
     parser.add_argument("--work-dir", help="keep the data dir and the registration cache here between runs")
     parser.add_argument("--keep", action="store_true", help="keep the temp work dir")
     parser.add_argument("--hostname-prefix", default="swarm")

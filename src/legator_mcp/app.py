@@ -24,6 +24,7 @@ from legator_mcp.db.session import Database
 from legator_mcp.events.service import EventBus
 from legator_mcp.fleet.keys import KeyRing, load_or_create_master_key
 from legator_mcp.fleet.service import FleetService
+from legator_mcp.flows.fan_out import FanOutFlow
 from legator_mcp.flows.run_command import CommandFlow
 from legator_mcp.gateway.hub import Hub
 from legator_mcp.gateway.server import probe_route
@@ -63,10 +64,11 @@ def build_services(settings: Settings) -> AppContext:
     keyring = KeyRing(lambda: load_or_create_master_key(settings))
     fleet = FleetService(database=database, audit=audit, events=events, settings=settings, keyring=keyring)
     approvals = ApprovalService(database=database, audit=audit, events=events)
-    policy = PolicyService()
+    policy = PolicyService(database=database, audit=audit, fleet=fleet)
     commands = CommandService(database=database, audit=audit, events=events)
     hub = Hub(fleet=fleet, commands=commands, keyring=keyring)
     fleet.attach_link(hub)
+    policy.attach_hub(hub)
     command_flow = CommandFlow(fleet=fleet, policy=policy, commands=commands, approvals=approvals, hub=hub)
     return AppContext(
         settings=settings,
@@ -80,6 +82,7 @@ def build_services(settings: Settings) -> AppContext:
         commands=commands,
         hub=hub,
         command_flow=command_flow,
+        fan_out=FanOutFlow(fleet=fleet, command_flow=command_flow, links=hub),
         metrics=metrics,
         rate_limiter=RateLimiter(settings.rate_limit_per_minute),
         local_principal=local_operator(),

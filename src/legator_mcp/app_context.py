@@ -10,6 +10,7 @@ from legator_mcp.commands.service import CommandService
 from legator_mcp.db.session import Database
 from legator_mcp.events.service import EventBus
 from legator_mcp.fleet.service import FleetService
+from legator_mcp.flows.fan_out import FanOutFlow
 from legator_mcp.flows.run_command import CommandFlow
 from legator_mcp.gateway.hub import Hub
 from legator_mcp.observability import Metrics
@@ -36,6 +37,7 @@ class AppContext:
     commands: CommandService
     hub: Hub
     command_flow: CommandFlow
+    fan_out: FanOutFlow
     metrics: Metrics
     rate_limiter: RateLimiter
     local_principal: Principal

@@ -17,12 +17,12 @@ import uvicorn
 
 from legator_mcp.app import LegatorApp, build_app
 from legator_mcp.auth.schemas import ApiKeyCreate
-from legator_mcp.fleet.schemas import TokenCreate
 from legator_mcp.auth.service import ADMIN_KEY_FILE, write_secret_file
 from legator_mcp.cli import _stdio
 from legator_mcp.cli._common import CliError, add_settings_flags, settings_from_args
 from legator_mcp.db.migrate import SchemaTooNew
 from legator_mcp.errors import Unauthenticated
+from legator_mcp.fleet.schemas import TokenCreate
 from legator_mcp.observability import configure_logging
 from legator_mcp.principal import Permission, Principal
 from legator_mcp.settings import Settings

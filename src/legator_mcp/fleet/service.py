@@ -41,6 +41,7 @@ from legator_mcp.fleet.schemas import (
     HeartbeatRead,
     InventoryRead,
     KeyRotationRead,
+    PolicyLevel,
     ProbeDeleted,
     ProbePage,
     ProbeRead,
@@ -337,6 +338,11 @@ class FleetService:
         async with self._db.read() as session:
             return self._read(await self._require(session, probe_id))
 
+    async def count_with_policy(self, policy_id: str) -> int:
+        """How many probes have policy template ``policy_id`` applied."""
+        async with self._db.read() as session:
+            return await self._store.count_with_policy(session, policy_id)
+
     async def list_probes(
         self, *, status: ProbeStatus | None = None, tag: str | None = None, limit: int = 100, cursor: str | None = None
     ) -> ProbePage:
@@ -467,6 +473,30 @@ class FleetService:
             "probe.tags_updated", summary=f"tags of {probe_id} changed", probe_id=probe_id, detail={"tags": wanted}
         )
         return ProbeTagsRead(probe_id=probe_id, tags=wanted)
+
+    async def apply_policy(
+        self, *, actor: Principal, probe_id: str, policy_id: str, level: PolicyLevel, summary: str
+    ) -> ProbeRead:
+        """Set the probe's policy template and level, bumping its policy version; audited as ``policy.changed``.
+
+        Raises:
+            NotFound: If no probe has that id.
+        """
+        async with self._db.write() as session:
+            probe = await self._require(session, probe_id, for_update=True)
+            before = {"policy_id": probe.policy_id, "level": probe.policy_level, "version": probe.policy_version}
+            probe.policy_id = policy_id
+            probe.policy_level = level
+            probe.policy_version = probe.policy_version + 1
+            await session.flush()
+            after = {"policy_id": policy_id, "level": level, "version": probe.policy_version}
+            await self._audit.record(
+                type="policy.changed", actor=actor, probe_id=probe_id, summary=summary,
+                before=before, after=after, session=session,
+            )  # fmt: skip
+            read = self._read(probe)
+        self._events.publish("policy.changed", summary=summary, probe_id=probe_id, detail=after)
+        return read
 
     async def delete_probe(self, *, actor: Principal, probe_id: str) -> ProbeDeleted:
         """Delete the probe, revoking its credential, and close its live connection.

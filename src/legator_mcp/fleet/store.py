@@ -193,3 +193,7 @@ class FleetStore:
     async def put_inventory(self, session: AsyncSession, inventory: ProbeInventory) -> None:
         await session.merge(inventory)
         await session.flush()
+
+    async def count_with_policy(self, session: AsyncSession, policy_id: str) -> int:
+        statement = select(func.count()).select_from(Probe).where(Probe.policy_id == policy_id)
+        return int((await session.execute(statement)).scalar_one())

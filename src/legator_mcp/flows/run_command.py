@@ -9,9 +9,9 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
 from legator_mcp.approval.schemas import ApprovalRead
 from legator_mcp.approval.service import ApprovalService
+from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
 from legator_mcp.commands.service import CommandService, new_request_id, payload_digest
 from legator_mcp.errors import InvalidRequest, NotFound, PermissionDenied, ProbeUnavailable
 from legator_mcp.fleet.service import FleetService
@@ -108,7 +108,7 @@ class CommandFlow:
         """
         probe = await self._fleet.get_probe(probe_id)
         command = self._payload(probe.id, request)
-        return self._policy.evaluate(
+        return await self._policy.evaluate(
             principal=actor,
             probe_level=probe.policy_level,
             policy_id=probe.policy_id,
@@ -143,7 +143,7 @@ class CommandFlow:
             )
         probe = await self._fleet.get_probe(probe_id)
         command = self._payload(probe.id, request)
-        decision = self._policy.evaluate(
+        decision = await self._policy.evaluate(
             principal=actor,
             probe_level=probe.policy_level,
             policy_id=probe.policy_id,
@@ -197,25 +197,92 @@ class CommandFlow:
         )  # fmt: skip
         return run.model_copy(update={"approval_expires_at": approval.expires_at})
 
+    async def queue_many(
+        self, *, actor: Principal, probe_ids: list[str], request: CommandRequest
+    ) -> list[CommandRunRead]:
+        """Queue ``request`` on several probes under ONE approval request (a fan-out's queued set).
+
+        Policy is evaluated per target as :meth:`run` does: a target policy denies is recorded as ``denied``;
+        every other target waits for the same approval, which (once approved) dispatches all of them once. Each
+        target gets its own request id (``request.request_id`` is ignored).
+
+        Raises:
+            PermissionDenied: If ``actor`` lacks ``command:exec``.
+            NotFound: If a probe does not exist.
+            InvalidRequest: If the command does not validate or ``probe_ids`` is empty or repeats a probe.
+        """
+        if not actor.has(Permission.COMMAND_EXEC):
+            raise PermissionDenied(
+                "running commands needs command:exec", details={"required_permission": "command:exec"}
+            )
+        if not probe_ids or len(set(probe_ids)) != len(probe_ids):
+            raise InvalidRequest("probe_ids must be distinct and non-empty", details={"field": "probe_ids"})
+        runs: list[CommandRunRead] = []
+        queued: list[tuple[CommandPayload, PolicyDecision]] = []
+        for probe_id in probe_ids:
+            probe = await self._fleet.get_probe(probe_id)
+            command = self._payload(probe.id, request.model_copy(update={"request_id": None}))
+            decision = await self._policy.evaluate(
+                principal=actor, probe_level=probe.policy_level, policy_id=probe.policy_id, kind=command.kind,
+                spec=command.spec.model_dump(mode="json"),
+            )  # fmt: skip
+            if decision.decision is Decision.DENY:
+                runs.append(
+                    await self._commands.create(
+                        actor=actor, command=command, decision=decision, status=CommandStatus.DENIED
+                    )
+                )
+            else:
+                queued.append((command, decision))
+        if not queued:
+            return runs
+        first, first_decision = queued[0]
+        risks = ["low", "medium", "high", "critical"]
+        risk = max((d.risk for _, d in queued), key=lambda r: risks.index(r) if r in risks else len(risks))
+        approval = await self._approvals.request(
+            requester=actor,
+            probe_ids=[command.probe_id for command, _ in queued],
+            action=_action(first),
+            risk=risk,
+            summary=f"{first.kind} on {len(queued)} probe(s) needs approval (risk {risk})",
+            policy=first_decision.model_dump(mode="json"),
+        )
+        for command, decision in queued:
+            run = await self._commands.create(
+                actor=actor, command=command, decision=decision, status=CommandStatus.PENDING_APPROVAL,
+                approval_id=approval.id, approval_sha256=approval.payload_sha256,
+            )  # fmt: skip
+            runs.append(run.model_copy(update={"approval_expires_at": approval.expires_at}))
+        return runs
+
     async def execute_approved(self, approval: ApprovalRead) -> None:
         """Run the commands an approval released, exactly as they were queued (the approval hook).
 
-        The approval is consumed first, checked against the digest recorded when it was queued; then the
-        released action is checked again against the command run's own digest. A mismatch anywhere means the
-        stored request was altered after it was queued, and nothing runs.
+        The approval is consumed once, checked against the digest recorded when it was queued; then the released
+        action is checked again against each waiting command run's own digest and target. A mismatch anywhere
+        means the stored request was altered after it was queued, and that run does not run. One approval may
+        cover several runs (a fan-out's queued set, see :meth:`queue_many`): every one of them is dispatched.
         """
-        for run, payload_sha256, approval_sha256 in await self._commands.awaiting_approval(approval.id):
-            if approval_sha256 is None:
-                continue
-            released = await self._approvals.consume(
-                approval_id=approval.id, expected_sha256=approval_sha256, consumer_ref=run.request_id
-            )
-            action = released.action
+        waiting = [
+            (run, payload_sha256, approval_sha256)
+            for run, payload_sha256, approval_sha256 in await self._commands.awaiting_approval(approval.id)
+            if approval_sha256 is not None
+        ]
+        if not waiting:
+            return
+        expected = waiting[0][2]
+        assert expected is not None
+        released = await self._approvals.consume(
+            approval_id=approval.id, expected_sha256=expected, consumer_ref=waiting[0][0].request_id
+        )
+        action = released.action
+        targets = set(released.probe_ids)
+        for run, payload_sha256, approval_sha256 in waiting:
             digest = payload_digest(
                 probe_id=run.probe_id, kind=str(action.get("kind")), spec=action.get("spec", {}),
                 timeout_s=float(action.get("timeout_s", 0)),
             )  # fmt: skip
-            if digest != payload_sha256 or released.probe_ids != [run.probe_id]:
+            if digest != payload_sha256 or approval_sha256 != expected or run.probe_id not in targets:
                 await self._commands.fail(
                     request_id=run.request_id, status=CommandStatus.DENIED, error_code="approval_tampered",
                     error="the approved action differs from the queued command; it was not run",

@@ -13,7 +13,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from legator_mcp.app_context import AppContext
 from legator_mcp.db.base import utcnow
+from legator_mcp.errors import NotFound
 from legator_mcp.fleet.schemas import ProbeRead
+from legator_mcp.fleet.service import CLOSE_PROBE_DELETED
 from legator_probe.protocol import (
     CLOSE_POLICY_VIOLATION,
     CommandResultMessage,
@@ -86,6 +88,8 @@ class ProbeSession:
         self._rate = _RateLimit(frames_per_second, frame_burst)
         self._closing = anyio.Event()
         self._writer_done = anyio.Event()
+        self.done = anyio.Event()
+        """Set once the connection is closed and the hub no longer lists it."""
         self._close_code = 1000
         self._close_reason = ""
         self.registered = False
@@ -127,7 +131,9 @@ class ProbeSession:
                 tg.cancel_scope.cancel()
         finally:
             self._protocol.receive_close()
-            if hub.detach(self) and self.registered:
+            detached = hub.detach(self)
+            self.done.set()
+            if detached and self.registered:
                 with anyio.CancelScope(shield=True):
                     await self._services.fleet.probe_disconnected(
                         probe_id=self.probe_id, reason=self._close_reason or "closed"
@@ -179,7 +185,12 @@ class ProbeSession:
                 self._flush()
             else:
                 self._protocol.receive_text(text)
-                await self._handle(self._protocol.events_received())
+                try:
+                    await self._handle(self._protocol.events_received())
+                except NotFound:
+                    # The probe was deleted while connected: its credential is gone, so is the connection.
+                    await self.close(code=CLOSE_PROBE_DELETED, reason="probe deleted")
+                    return
                 self._flush()
             if self._protocol.state >= State.CLOSING:
                 reason = str(self._protocol.protocol_exc) if self._protocol.protocol_exc else "protocol violation"
@@ -249,5 +260,7 @@ class ProbeSession:
         )
         self.registered = True
         self._flush()
-        # Every (re)connection re-sends the probe its policy, signed, so a probe that missed an update converges.
-        await services.hub.push_policy(probe, path_allow=[], path_deny=[])
+        # Every (re)connection re-sends the probe its policy, signed, so a probe that missed an update converges,
+        # and delivers a key rotation made while it was offline.
+        await services.policy.push(probe)
+        await services.fleet.deliver_pending_key_rotation(probe_id=self.probe_id)

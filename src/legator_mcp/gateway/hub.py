@@ -154,10 +154,12 @@ class Hub:
         return probe_id in self._sessions
 
     async def disconnect(self, probe_id: str, *, code: int, reason: str) -> None:
-        """Close the probe's connection, if any."""
+        """Close the probe's connection, if any, and wait (briefly) until it is gone."""
         session = self._sessions.get(probe_id)
         if session is not None:
             await session.close(code=code, reason=reason)
+            with anyio.move_on_after(5):
+                await session.done.wait()
 
     async def push_key_rotation(self, probe: ProbeRead, *, new_generation: int, overlap_s: int) -> None:
         """Tell the probe its new verification key, signed with the key it trusts now.

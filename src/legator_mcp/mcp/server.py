@@ -15,8 +15,10 @@ from legator_mcp.mcp._registry import McpRegistry
 from legator_mcp.mcp.tools import approvals as approval_tools
 from legator_mcp.mcp.tools import audit as audit_tools
 from legator_mcp.mcp.tools import commands as command_tools
+from legator_mcp.mcp.tools import fan_out as fan_out_tools
 from legator_mcp.mcp.tools import fleet as fleet_tools
 from legator_mcp.mcp.tools import identity as identity_tools
+from legator_mcp.mcp.tools import policies as policy_tools
 from legator_mcp.principal import Permission, Principal
 
 __all__ = ["build_mcp_server"]
@@ -34,6 +36,8 @@ REGISTRARS: list[Callable[[McpRegistry], None]] = [
     fleet_tools.register,
     approval_tools.register,
     command_tools.register,
+    fan_out_tools.register,
+    policy_tools.register,
 ]
 """Every tool/resource module; each contributes through its ``register(registry)``."""
 

@@ -3,7 +3,7 @@
 from collections.abc import Callable
 
 from legator_mcp.rest._routing import RouteTable
-from legator_mcp.rest.routes import approvals, audit, auth, commands, fleet, system
+from legator_mcp.rest.routes import approvals, audit, auth, commands, fleet, fleet_commands, policies, system
 
 __all__ = ["REGISTRARS", "build_route_table"]
 
@@ -14,6 +14,8 @@ REGISTRARS: list[Callable[[RouteTable], None]] = [
     fleet.register,
     approvals.register,
     commands.register,
+    fleet_commands.register,
+    policies.register,
 ]
 
 

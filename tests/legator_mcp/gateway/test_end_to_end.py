@@ -353,6 +353,14 @@ async def test_wrong_credentials_never_upgrade_and_garbage_frames_do_not_hurt_th
                 while True:
                     await noisy.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    async with ws_client.connect(
+        url, additional_headers={"Authorization": f"Bearer {credential}"}, max_size=None
+    ) as oversized:
+        await oversized.send("x" * (cp.app.settings.max_frame_bytes + 1))
+        with anyio.fail_after(10), pytest.raises(websockets.exceptions.ConnectionClosed) as too_big:
+            while True:
+                await oversized.recv()
+    assert too_big.value.rcvd is not None and too_big.value.rcvd.code in {1008, 1009}
     async with httpx.AsyncClient(base_url=cp.base_url) as client:
         assert (await client.get("/healthz")).status_code == 200
 
@@ -452,3 +460,28 @@ async def test_an_expired_or_tampered_approval_never_runs(cp: Running, tmp_path:
         expired_target.unlink(missing_ok=True)
         tampered_target.unlink(missing_ok=True)
         probe.terminate()
+
+
+async def test_key_rotation_keeps_commands_flowing_and_delete_really_disconnects(cp: Running, tmp_path: Path) -> None:
+    probe = await _online_probe(cp, tmp_path)
+    services = cp.app.services
+    try:
+        before = await services.fleet.signing_identity(probe.probe_id)
+        async with cp.client() as client:
+            rotated = await client.post(f"/api/v1/probes/{probe.probe_id}/rotate-key")
+            assert rotated.status_code == 200, rotated.text
+            after = await services.fleet.signing_identity(probe.probe_id)
+            assert after.generation == before.generation + 1 and after.key_id != before.key_id
+            ran = await client.post(
+                f"/api/v1/probes/{probe.probe_id}/command?wait=true", json={"command": "true"}, timeout=60
+            )
+            assert ran.status_code == 200 and ran.json()["status"] == "ok", ran.text  # signed with the new key
+
+            deleted = await client.delete(f"/api/v1/probes/{probe.probe_id}")
+            assert deleted.status_code == 200
+        assert not services.hub.is_connected(probe.probe_id)
+        with pytest.raises(LegatorError) as info:
+            await services.fleet.authenticate_probe(json.loads(probe.config.read_text(encoding="utf-8"))["credential"])
+        assert info.value.code == "unauthorized"
+    finally:
+        probe.kill()  # its credential is revoked; graceful shutdown is covered by the agent tests

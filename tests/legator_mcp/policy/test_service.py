@@ -1,12 +1,23 @@
 """The policy gate: the probe's level caps what may run, with reasons."""
 
+from typing import Any
+
 import pytest
 
-from legator_mcp.policy.schemas import Decision
-from legator_mcp.policy.service import PolicyService
+from legator_mcp.policy._templates import decide
+from legator_mcp.policy.classifier import classify
+from legator_mcp.policy.schemas import Decision, PolicyDecision
 from legator_mcp.principal import Principal
 
 ME = Principal.system("tester")
+
+
+def evaluate(*, probe_level: str, policy_id: str, kind: str, spec: dict[str, Any]) -> PolicyDecision:
+    """The pure rules behind ``PolicyService.evaluate`` (templates and storage: test_templates.py)."""
+    return decide(
+        verdict=classify(kind, spec), kind=kind, spec=spec, probe_level=probe_level, policy_id=policy_id,
+        template=None, actor=ME.actor,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -31,7 +42,7 @@ ME = Principal.system("tester")
     ],
 )
 def test_the_probe_level_caps_what_may_run(level: str, kind: str, spec: dict[str, object], expected: Decision) -> None:
-    decision = PolicyService().evaluate(principal=ME, probe_level=level, policy_id="p1", kind=kind, spec=spec)
+    decision = evaluate(probe_level=level, policy_id="p1", kind=kind, spec=spec)
     assert decision.decision is expected
     assert decision.probe_level == level
     assert decision.indicators and decision.rationale
@@ -39,8 +50,8 @@ def test_the_probe_level_caps_what_may_run(level: str, kind: str, spec: dict[str
 
 
 def test_a_denial_names_the_levels_and_the_policy() -> None:
-    decision = PolicyService().evaluate(
-        principal=ME, probe_level="observe", policy_id="observe-only", kind="file_write",
+    decision = evaluate(
+        probe_level="observe", policy_id="observe-only", kind="file_write",
         spec={"path": "/etc/hosts", "content": "x"},
     )  # fmt: skip
     assert decision.decision is Decision.DENY

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 07:21:39.052932
+Create Date: 2026-11-28 07:30:59.297891
 """
 
 from collections.abc import Sequence
@@ -150,6 +150,23 @@ def upgrade() -> None:
         batch_op.create_index("ix_command_runs_probe_created", ["probe_id", "created_at"], unique=False)
         batch_op.create_index("ix_command_runs_status", ["status"], unique=False)
 
+    op.create_table(
+        "policy_templates",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("description", sa.Text(), nullable=False),
+        sa.Column("level", sa.String(length=16), nullable=False),
+        sa.Column("allow_patterns", sa.JSON(), nullable=False),
+        sa.Column("block_patterns", sa.JSON(), nullable=False),
+        sa.Column("path_allow", sa.JSON(), nullable=False),
+        sa.Column("path_deny", sa.JSON(), nullable=False),
+        sa.Column("preapproved_patterns", sa.JSON(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("created_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_policy_templates")),
+        sa.UniqueConstraint("name", name=op.f("uq_policy_templates_name")),
+    )
     op.create_table(
         "probes",
         sa.Column("id", sa.String(length=16), nullable=False),
@@ -301,6 +318,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_probes_credential_hash")
 
     op.drop_table("probes")
+    op.drop_table("policy_templates")
     with op.batch_alter_table("command_runs", schema=None) as batch_op:
         batch_op.drop_index("ix_command_runs_status")
         batch_op.drop_index("ix_command_runs_probe_created")

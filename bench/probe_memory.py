@@ -1,0 +1,271 @@
+#!/usr/bin/env python
+"""Probe memory: the idle RSS of one real ``legator-probe run``, against baselines measured in the same run.
+
+1. start ``legator serve`` on a temp data dir (or attach with ``--server URL --admin-key-file F``);
+2. ``legator-probe init`` with a registration token, then ``legator-probe run``;
+3. wait until the control plane shows the probe online with its first inventory committed, then ``--settle``
+   seconds more (the inventory thread and its garbage are gone: the probe is idle, heartbeating);
+4. sample ``VmRSS`` of the probe every ``--interval`` s for ``--window`` s, and in the same loop the RSS of
+   ``python -c 'import time; time.sleep(...)'`` (bare interpreter) and of a Python that only imports the agent's
+   modules (what the code alone costs), both started by this script with the same interpreter;
+5. if ``salt-minion`` is on ``PATH``, the same for a masterless-configured minion; otherwise it says so.
+
+Reports min / median / max and the probe's ratio to each baseline. No timing assertions; every wait is bounded.
+
+Run with the project venv: ``.venv/bin/python bench/probe_memory.py --json out.json``.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _benchlib import (  # pyright: ignore[reportMissingImports]
+    VENV_BIN,
+    BenchError,
+    ControlPlane,
+    machine_info,
+    mib,
+    print_table,
+    summarize,
+    vm_rss_bytes,
+    write_json,
+)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="ascii")
+    except OSError:
+        return []
+    out: list[int] = []
+    for child in (int(c) for c in text.split()):
+        out += [child, *_children(child)]
+    return out
+
+
+def tree_rss(pid: int) -> int | None:
+    """RSS of ``pid`` plus all its descendants (salt-minion forks; the probe normally does not while idle)."""
+    own = vm_rss_bytes(pid)
+    if own is None:
+        return None
+    return own + sum(vm_rss_bytes(c) or 0 for c in _children(pid))
+
+
+def _spawn(argv: list[str], *, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as fh:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, *, timeout_s: float = 15.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def wait_idle(server: ControlPlane, probe_id: str, *, timeout_s: float) -> dict[str, Any]:
+    """Poll the control plane until the probe is online and its first inventory is committed.
+
+    Raises:
+        BenchError: If that does not happen within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = server.get_json(f"/api/v1/probes/{probe_id}", timeout_s=10)
+        if isinstance(last, dict) and last.get("status") == "online" and last.get("inventory_collected_at"):
+            return {"seconds_to_online_with_inventory": round(time.monotonic() - started, 2), "probe": last}
+        time.sleep(0.5)
+    raise BenchError(f"the probe was not online with an inventory within {timeout_s:g} s (last: {last})")
+
+
+SALT_MINION_CONF = """\
+master: 127.0.0.1
+master_port: {port}
+file_client: local
+pki_dir: {root}/pki
+cachedir: {root}/cache
+sock_dir: {root}/sock
+log_file: {root}/minion.log
+id: bench-minion
+"""
+
+
+def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    results["machine"] = machine_info()
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="legator-probe-mem-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.server:
+        server = ControlPlane(data_dir=None, url=args.server, admin_key_file=Path(args.admin_key_file))
+    else:
+        server = ControlPlane(data_dir=work / "data", log_path=work / "server.log")
+    probe: subprocess.Popen[bytes] | None = None
+    baselines: dict[str, subprocess.Popen[bytes]] = {}
+    salt: subprocess.Popen[bytes] | None = None
+    try:
+        server.start()
+        results["server"] = {"url": server.url, "owned": server.owned}
+        token = server.create_token(level="observe")
+        config = work / "probe.json"
+        config.unlink(missing_ok=True)
+        env = {"LEGATOR_HOSTNAME": args.hostname}
+        init = subprocess.run(
+            [str(VENV_BIN / "legator-probe"), "init", "--server", server.url, "--token", token, "--config",
+             str(config)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, **env}, check=False,
+        )  # fmt: skip
+        if init.returncode != 0:
+            raise BenchError(f"legator-probe init failed ({init.returncode}): {init.stderr.strip()[-500:]}")
+        probe_id = json.loads(config.read_text(encoding="utf-8"))["probe_id"]
+        t_start = time.monotonic()
+        probe = _spawn([str(VENV_BIN / "legator-probe"), "run", "--config", str(config)], log=work / "probe.log",
+                       env=env)  # fmt: skip
+        idle = wait_idle(server, probe_id, timeout_s=args.connect_timeout)
+        results["probe"] = {"pid": probe.pid, "probe_id": probe_id, **idle}
+        print(f"probe {probe_id} (pid {probe.pid}) online with inventory after {time.monotonic() - t_start:.1f} s")
+
+        # Baselines start now so that they are as old as the sampling window needs; same interpreter as the probe.
+        sleep_s = str(int(args.settle + args.window + 30))
+        python = str(VENV_BIN / "python")
+        baselines["bare_python"] = _spawn([python, "-c", f"import time; time.sleep({sleep_s})"],
+                                          log=work / "baseline.log")  # fmt: skip
+        baselines["python_with_agent_imports"] = _spawn(
+            [python, "-c", "import legator_probe.agent.cli, legator_probe.agent.daemon, legator_probe.agent.inventory"
+             f", websockets.asyncio.client, time; time.sleep({sleep_s})"],
+            log=work / "baseline.log",
+        )  # fmt: skip
+        salt_path = shutil.which("salt-minion")
+        if salt_path:
+            root = work / "salt"
+            (root / "conf").mkdir(parents=True, exist_ok=True)
+            (root / "conf" / "minion").write_text(SALT_MINION_CONF.format(root=root, port=args.salt_master_port))
+            salt = _spawn([salt_path, "-c", str(root / "conf"), "-l", "warning"], log=work / "salt.log")
+            results["salt_minion"] = {"path": salt_path, "note": "no master listening; the minion idles retrying"}
+        else:
+            results["salt_minion"] = {"installed": False, "note": "salt-minion is not installed on this machine"}
+        time.sleep(args.settle)
+
+        samples: dict[str, list[float]] = {"probe": [], "probe_tree": []}
+        for name in baselines:
+            samples[name] = []
+        if salt is not None:
+            samples["salt_minion_tree"] = []
+        t_end = time.monotonic() + args.window
+        while time.monotonic() < t_end:
+            if probe.poll() is not None:
+                raise BenchError(f"the probe exited with {probe.returncode}; see {work / 'probe.log'}")
+            rss = vm_rss_bytes(probe.pid)
+            if rss is not None:
+                samples["probe"].append(rss)
+            tree = tree_rss(probe.pid)
+            if tree is not None:
+                samples["probe_tree"].append(tree)
+            for name, proc in baselines.items():
+                value = vm_rss_bytes(proc.pid)
+                if value is not None:
+                    samples[name].append(value)
+            if salt is not None:
+                value = tree_rss(salt.pid)
+                if value is not None:
+                    samples["salt_minion_tree"].append(value)
+            time.sleep(args.interval)
+        results["probe"]["VmHWM_bytes"] = _hwm(probe.pid)
+        after = server.get_json(f"/api/v1/probes/{probe_id}")
+        results["probe"]["status_after_window"] = after.get("status") if isinstance(after, dict) else None
+        results["rss"] = {name: summarize(values) for name, values in samples.items()}
+        probe_median = results["rss"]["probe"]["median"] if results["rss"]["probe"] else None
+        ratios: dict[str, float | None] = {}
+        for name in (*baselines, "salt_minion_tree"):
+            base = results["rss"].get(name)
+            ratios[f"probe/{name}"] = round(probe_median / base["median"], 2) if base and probe_median else None
+        results["ratios"] = ratios
+    finally:
+        _stop(probe)
+        for proc in baselines.values():
+            _stop(proc, timeout_s=5)
+        _stop(salt)
+        server.stop()
+        if not args.work_dir and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _hwm(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def report(results: dict[str, Any]) -> None:
+    rss: dict[str, Any] = results.get("rss") or {}
+
+    def fmt(name: str) -> str:
+        s = rss.get(name)
+        if not s:
+            return "-"
+        return f"min {mib(s['min'])}  median {mib(s['median'])}  max {mib(s['max'])} MiB  (n={s['n']})"
+
+    rows: list[tuple[str, object]] = [("legator-probe run (VmRSS)", fmt("probe")),
+                                      ("legator-probe + children", fmt("probe_tree")),
+                                      ("legator-probe peak (VmHWM)", f"{mib((results.get('probe') or {}).get('VmHWM_bytes'))} MiB"),
+                                      ("bare python sleep", fmt("bare_python")),
+                                      ("python + agent imports", fmt("python_with_agent_imports"))]  # fmt: skip
+    salt = results.get("salt_minion") or {}
+    rows.append(("salt-minion (tree)", fmt("salt_minion_tree") if "salt_minion_tree" in rss else salt.get("note")))
+    for name, ratio in (results.get("ratios") or {}).items():
+        rows.append((f"ratio {name}", ratio))
+    print_table("probe memory (idle, after first inventory)", rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--window", type=float, default=20.0, help="sampling window, s (default 20)")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
+    parser.add_argument("--settle", type=float, default=5.0, help="wait after the first inventory, s (default 5)")
+    parser.add_argument("--connect-timeout", type=float, default=120.0, help="bound on reaching idle, s")
+    parser.add_argument("--hostname", default="bench-memory-probe", help="LEGATOR_HOSTNAME of the probe")
+    parser.add_argument("--salt-master-port", type=int, default=4506, help="port a salt-minion (if any) is pointed at")
+    parser.add_argument("--server", help="attach to this control plane instead of starting one")
+    parser.add_argument("--admin-key-file", help="admin API key file of --server")
+    parser.add_argument("--work-dir", help="keep the data dir, probe config and logs here")
+    parser.add_argument("--keep", action="store_true", help="keep the temp work dir")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    if args.server and not args.admin_key_file:
+        parser.error("--server needs --admin-key-file")
+    results: dict[str, Any] = {"benchmark": "probe_memory", "command": " ".join(sys.argv), "params": vars(args)}
+    failed: BaseException | None = None
+    try:
+        run(args, results)
+    except (Exception, KeyboardInterrupt) as exc:  # report what was measured before the failure
+        failed = exc
+        results["error"] = f"{type(exc).__name__}: {exc}"
+    report(results)
+    if args.json:
+        write_json(Path(args.json), results)
+        print(f"\nwrote {args.json}")
+    if failed is not None:
+        raise SystemExit(f"failed: {results.get('error')}")
+
+
+if __name__ == "__main__":
+    main()
