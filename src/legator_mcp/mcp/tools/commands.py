@@ -41,7 +41,8 @@ class CommandOutcome(BaseModel):
     probe_id: str
     kind: str
     status: str = Field(
-        description="pending_approval, denied, dispatched (still running), ok, error, timeout, canceled, refused or lost"
+        description="pending_approval, denied, dispatched (still running), ok, error, timeout, canceled, "
+        "refused or lost"
     )
     decision: str
     risk: str
