@@ -224,11 +224,13 @@ def report(results: dict[str, Any]) -> None:
             return "-"
         return f"min {mib(s['min'])}  median {mib(s['median'])}  max {mib(s['max'])} MiB  (n={s['n']})"
 
-    rows: list[tuple[str, object]] = [("legator-probe run (VmRSS)", fmt("probe")),
-                                      ("legator-probe + children", fmt("probe_tree")),
-                                      ("legator-probe peak (VmHWM)", f"{mib((results.get('probe') or {}).get('VmHWM_bytes'))} MiB"),
-                                      ("bare python sleep", fmt("bare_python")),
-                                      ("python + agent imports", fmt("python_with_agent_imports"))]  # fmt: skip
+    rows: list[tuple[str, object]] = [
+        ("legator-probe run (VmRSS)", fmt("probe")),
+        ("legator-probe + children", fmt("probe_tree")),
+        ("legator-probe peak (VmHWM)", f"{mib((results.get('probe') or {}).get('VmHWM_bytes'))} MiB"),
+        ("bare python sleep", fmt("bare_python")),
+        ("python + agent imports", fmt("python_with_agent_imports")),
+    ]
     salt = results.get("salt_minion") or {}
     rows.append(("salt-minion (tree)", fmt("salt_minion_tree") if "salt_minion_tree" in rss else salt.get("note")))
     for name, ratio in (results.get("ratios") or {}).items():

@@ -207,8 +207,10 @@ class CommitCounter:
         hi = self.base + UPTIME_STRIDE
         try:
             if self.url.startswith("sqlite"):
-                q = ("SELECT COALESCE(SUM(u - ?), 0) FROM (SELECT CAST(json_extract(metrics, '$.uptime_s') AS REAL) AS u"
-                     " FROM probes WHERE metrics IS NOT NULL) WHERE u >= ? AND u < ?")  # fmt: skip
+                q = (
+                    "SELECT COALESCE(SUM(u - ?), 0) FROM (SELECT CAST(json_extract(metrics, '$.uptime_s') AS REAL)"
+                    " AS u FROM probes WHERE metrics IS NOT NULL) WHERE u >= ? AND u < ?"
+                )
                 row = await asyncio.to_thread(self._sqlite, q, (self.base, self.base, hi))
             else:
                 q = ("SELECT COALESCE(SUM(u - $1), 0) FROM (SELECT (metrics->>'uptime_s')::float8 AS u FROM probes"
@@ -233,6 +235,43 @@ class CommitCounter:
             return None
         return int(row[0])
 
+    async def audit_seq(self) -> int | None:
+        """The newest audit sequence number (phases are told apart by it)."""
+        try:
+            if self.url.startswith("sqlite"):
+                row = await asyncio.to_thread(self._sqlite, "SELECT COALESCE(MAX(seq), 0) FROM audit_events", ())
+            else:
+                row = await self._pg_fetch("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
+        except Exception as exc:
+            print(f"  (database read failed: {type(exc).__name__}: {exc})", file=sys.stderr)
+            return None
+        return int(row[0])
+
+    async def transition_rows(self, after_seq: int) -> list[tuple[str, str, str]] | None:
+        """``(ts, type, reason)`` of audited probe status transitions after ``after_seq``."""
+        try:
+            if self.url.startswith("sqlite"):
+                q = ("SELECT ts, type, COALESCE(json_extract(detail, '$.reason'), '') FROM audit_events"
+                     " WHERE seq > ? AND type LIKE 'probe.%'")  # fmt: skip
+                rows = await asyncio.to_thread(self._sqlite_all, q, (after_seq,))
+            else:
+                q = ("SELECT ts::text, type, COALESCE(detail->>'reason', '') FROM audit_events"
+                     " WHERE seq > $1 AND type LIKE 'probe.%'")  # fmt: skip
+                await self._pg_fetch("SELECT 1")
+                rows = await self._pg.fetch(q, after_seq)
+        except Exception as exc:
+            print(f"  (database read failed: {type(exc).__name__}: {exc})", file=sys.stderr)
+            return None
+        return [(str(r[0]), str(r[1]), str(r[2])[:100]) for r in rows]
+
+    def _sqlite_all(self, query: str, args: tuple[Any, ...]) -> list[Any]:
+        path = self.url.split(":///", 1)[1]
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute(query, args).fetchall()
+        finally:
+            conn.close()
+
     async def close(self) -> None:
         if self._pg is not None:
             await self._pg.close()
@@ -253,6 +292,7 @@ class Stats:
     policies_verified: int = 0
     signature_rejections: int = 0
     server_errors: Counter[str] = field(default_factory=Counter[str])
+    server_closes: Counter[str] = field(default_factory=Counter[str])
     violations: int = 0
     backoff_messages: int = 0
     heartbeats_sent: int = 0
@@ -264,7 +304,8 @@ class Stats:
             "dials": self.dials, "http_status": dict(self.http_status), "dial_errors": dict(self.dial_errors),
             "welcomes": self.welcomes, "handshake_timeouts": self.handshake_timeouts,
             "policies_verified": self.policies_verified, "signature_rejections": self.signature_rejections,
-            "server_errors": dict(self.server_errors), "violations": self.violations,
+            "server_errors": dict(self.server_errors), "server_closes": dict(self.server_closes),
+            "violations": self.violations,
             "backoff_messages": self.backoff_messages, "heartbeats_sent": self.heartbeats_sent,
             "inventories_sent": self.inventories_sent, "closed": self.closed,
         }  # fmt: skip
@@ -360,9 +401,10 @@ class Swarm:
             if self.fresh_ready == len(self.probes):
                 self.all_ready.set()
 
-    def start(self) -> None:
+    def start(self, rate: float = 0.0) -> None:
+        """Start every probe: all at once, or the i-th after ``i / rate`` seconds (a paced roll-out)."""
         self.new_epoch()
-        self._tasks = [asyncio.create_task(p.life()) for p in self.probes]
+        self._tasks = [asyncio.create_task(p.life(i / rate if rate > 0 else 0.0)) for i, p in enumerate(self.probes)]
 
     def abort_all(self) -> int:
         """Drop every open connection at once (no close handshake, like a network cut); returns how many."""
@@ -404,8 +446,10 @@ class SimProbe:
         self.ready_epoch = -1
         self.hb_seq = 0
 
-    async def life(self) -> None:
+    async def life(self, first_delay: float = 0.0) -> None:
         swarm = self.swarm
+        if first_delay > 0:
+            await swarm.sleep(first_delay)
         while not swarm.stopping:
             attempt = await self._connect_once()
             if swarm.stopping:
@@ -501,6 +545,10 @@ class SimProbe:
             pass
         finally:
             watchdog.cancel()
+            received = ws.close_rcvd
+            if received is not None and not swarm.stopping:
+                # Closed by the control plane (a replaced connection, the offline sweep, a full send queue...).
+                swarm.stats.server_closes[f"{received.code} {received.reason}".strip()] += 1
             self._set_ready(False)
             self.ws = None
             swarm.stats.closed += 1
@@ -553,10 +601,28 @@ class Sampler:
         self.swarm = swarm
         self.t0 = t0
         self.interval = interval
-        self.phase = "start"
+        self._phase = "start"
+        self.phase_starts: list[tuple[str, datetime]] = []
         self.rows: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
         self._tick = 0
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, name: str) -> None:
+        if name != self._phase:
+            self._phase = name
+            self.phase_starts.append((name, _utcnow()))
+
+    def phase_of(self, when: datetime) -> str:
+        current = "before"
+        for name, started in self.phase_starts:
+            if started <= when:
+                current = name
+        return current
 
     def sample(self) -> dict[str, Any]:
         import os
@@ -699,9 +765,12 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
             server.start()
             results["server"]["pid"] = server.pid
 
+        if args.register_only:
+            return
         swarm = Swarm(args, server, regs)
         counter = CommitCounter(db_url, swarm.uptime_base) if db_url else None
         sampler = Sampler(server.pid, swarm, t0)
+        audit_seq0 = await counter.audit_seq() if counter else None
         sampler.phase = "idle-empty"
         for _ in range(3):
             sampler.sample()
@@ -713,13 +782,14 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
         sampler.start()
         before = swarm.stats.snapshot()
         t_connect = time.monotonic()
-        swarm.start()
+        swarm.start(args.connect_rate)
         ok = await wait_all_ready(swarm, args.connect_timeout)
         connect_s = time.monotonic() - t_connect
         results["connect"] = {
             "all_connected": ok, "connected": swarm.ready_count, "seconds": round(connect_s, 2),
             "progress_s": _percentile_times(swarm.ready_marks, t_connect, n),
             "admission_lower_bound_s": round(max(0.0, (n - ADMIT_BURST) / ADMIT_PER_SECOND), 2),
+            "paced_dials_per_s": args.connect_rate or None,
             "counters": diff(swarm.stats.snapshot(), before),
             "server_cpu_cores": sampler.cpu_share("connect"),
             "swarm_cpu_cores": sampler.cpu_share("connect", "swarm_cpu_s"),
@@ -763,7 +833,8 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
             "swarm_rss": summarize(sampler.of("hold", "swarm_rss")),
         }  # fmt: skip
         print(
-            f"hold: {swarm.ready_count} connected, server RSS median {mib(summarize(hold_rss)['median'] if hold_rss else None)} MiB"
+            f"hold: {swarm.ready_count} connected, server RSS median "
+            f"{mib(summarize(hold_rss)['median'] if hold_rss else None)} MiB"
         )
 
         # -- flood: heartbeat throughput ----------------------------------------------------------------------
@@ -776,6 +847,15 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
         sampler.phase = "end"
         sampler.sample()
+        if counter is not None and audit_seq0 is not None:
+            rows = await counter.transition_rows(audit_seq0)
+            if rows is not None:
+                by_phase: dict[str, Counter[str]] = {}
+                for ts, kind, reason in rows:
+                    when = datetime.fromisoformat(ts.replace(" ", "T"))
+                    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+                    by_phase.setdefault(sampler.phase_of(when), Counter())[f"{kind}: {reason}"] += 1
+                results["audited_transitions_by_phase"] = {k: dict(v) for k, v in by_phase.items()}
         results["fleet_end"] = await asyncio.to_thread(fleet_view, server)
         results["rss_summary"] = {
             "server_baseline_empty": summarize(base_rss),
@@ -953,6 +1033,14 @@ def main() -> None:
         default="real",
         help="send this host's real inventory after each welcome, like the agent (default), or none",
     )
+    parser.add_argument(
+        "--connect-rate",
+        type=float,
+        default=0.0,
+        help="pace the first connection of each probe at this many a second (default 0: all at once;"
+        " reconnects are never paced)",
+    )
+    parser.add_argument("--register-only", action="store_true", help="register (and cache in --work-dir), then stop")
     parser.add_argument("--dial-concurrency", type=int, default=1000, help="WebSocket handshakes in flight at most")
     parser.add_argument("--register-concurrency", type=int, default=16, help="registrations in flight at most")
     parser.add_argument("--connect-timeout", type=float, default=300.0, help="bound on the connect phase, s")

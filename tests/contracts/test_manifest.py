@@ -50,12 +50,24 @@ def test_the_code_serves_exactly_the_contracted_names(name: str, tmp_path: Path)
 def test_contracts_are_append_only_across_history(name: str) -> None:
     path = f"contracts/{name}"
     log = subprocess.run(
-        ["git", "log", "--format=%H", "--", path], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+        ["git", "log", "--format=%H", "--", path],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=True,
+        timeout=30,
     )
     current = (CONTRACTS / name).read_text(encoding="utf-8")
     for commit in log.stdout.split()[:200]:
         old = subprocess.run(
-            ["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30
+            ["git", "show", f"{commit}:{path}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            check=False,
+            timeout=30,
         )
         if old.returncode != 0:
             continue

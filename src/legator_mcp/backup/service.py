@@ -91,13 +91,14 @@ class BackupService:
             env["PGPASSWORD"] = url.password
         dsn = url._replace(password=None).render_as_string(hide_password=False)
         result = subprocess.run(
-            [dump, "--format=custom", f"--file={target}", dsn], env=env, capture_output=True, text=True, timeout=3600,
+            [dump, "--format=custom", f"--file={target}", dsn], env=env, capture_output=True, text=True,
+            encoding="utf-8", timeout=3600,
             check=False,
         )  # fmt: skip
         if result.returncode != 0:
             raise BackupFailed("pg_dump failed", details={"stderr": result.stderr[-2000:]})
         listing = subprocess.run(
-            [restore, "--list", str(target)], capture_output=True, text=True, timeout=600, check=False
+            [restore, "--list", str(target)], capture_output=True, text=True, encoding="utf-8", timeout=600, check=False
         )
         if listing.returncode != 0 or "TABLE DATA" not in listing.stdout:
             raise BackupFailed("the dump did not verify with pg_restore --list")

@@ -319,10 +319,12 @@ class CommandFlow:
             NotFound: If there is no run with that request id.
         """
         run = await self._settle_pending(await self._commands.get(request_id))
-        if not run.finished and wait_s > 0 and self._hub.is_tracking(request_id):
-            finished = await self._hub.wait(request_id, timeout=wait_s)
-            if finished is not None:
-                return finished
+        if not run.finished and wait_s > 0:
+            if self._hub.is_tracking(request_id):
+                finished = await self._hub.wait(request_id, timeout=wait_s)
+                if finished is not None:
+                    return finished
+            # Re-read: the result may have landed between the first read and the tracking check.
             run = await self._commands.get(request_id)
         return run
 

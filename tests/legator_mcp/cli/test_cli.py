@@ -19,7 +19,8 @@ LEGATOR = [sys.executable, "-m", "legator_mcp"]
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*LEGATOR, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        [*LEGATOR, *args], capture_output=True, text=True, encoding="utf-8", timeout=timeout,
+        env={**os.environ, **(env or {})},
         check=False,
     )  # fmt: skip
 
