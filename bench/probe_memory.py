@@ -5,10 +5,17 @@
 2. ``legator-probe init`` with a registration token, then ``legator-probe run``;
 3. wait until the control plane shows the probe online with its first inventory committed, then ``--settle``
    seconds more (the inventory thread and its garbage are gone: the probe is idle, heartbeating);
-4. sample ``VmRSS`` of the probe every ``--interval`` s for ``--window`` s, and in the same loop the RSS of
-   ``python -c 'import time; time.sleep(...)'`` (bare interpreter) and of a Python that only imports the agent's
-   modules (what the code alone costs), both started by this script with the same interpreter;
-5. if ``salt-minion`` is on ``PATH``, the same for a masterless-configured minion; otherwise it says so.
+4. sample ``VmRSS`` of the probe every ``--interval`` s for ``--window`` s (and its ``RssAnon``/``RssFile``
+   split: file-backed pages are the shared libraries' code, shared with every other process mapping them),
+   and in the same loop the RSS of ``python -c 'import time; time.sleep(...)'`` (bare interpreter) and of a
+   Python that only imports the agent's modules (what the code alone costs), both started by this script with
+   the same interpreter;
+5. if ``salt-minion`` is on ``PATH``, the same for a masterless-configured minion; otherwise it says so;
+6. unless ``--no-import-breakdown``, the RSS of fresh interpreters that import one dependency each.
+
+Before starting, ``legator_probe``'s bytecode is compiled into ``__pycache__`` (``--no-compile`` skips it), as
+``pip install`` does for a wheel: a source tree run with ``PYTHONDONTWRITEBYTECODE=1`` otherwise compiles every
+module at each start, and the compiler's garbage stays in the heap (about 1.2 MiB more).
 
 Reports min / median / max and the probe's ratio to each baseline. No timing assertions; every wait is bounded.
 
@@ -16,6 +23,7 @@ Run with the project venv: ``.venv/bin/python bench/probe_memory.py --json out.j
 """
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -24,10 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from _benchlib import (  # pyright: ignore[reportMissingImports]
+from _benchlib import (
     VENV_BIN,
     BenchError,
     ControlPlane,
@@ -78,8 +87,15 @@ def _stop(proc: subprocess.Popen[bytes] | None, *, timeout_s: float = 15.0) -> N
         proc.wait(timeout=5)
 
 
-def wait_idle(server: ControlPlane, probe_id: str, *, timeout_s: float) -> dict[str, Any]:
-    """Poll the control plane until the probe is online and its first inventory is committed.
+_CONNECTED = ("online", "degraded")
+"""Probe statuses that mean connected; ``degraded`` is a health verdict (e.g. a busy machine's load average)."""
+
+
+def wait_idle(server: ControlPlane, probe_id: str, *, since: datetime, timeout_s: float) -> dict[str, Any]:
+    """Poll the control plane until the probe is connected and an inventory collected after ``since`` is committed.
+
+    ``since`` matters when attaching to a server that knew this host before: a re-registered probe keeps its id,
+    so the last run's status and inventory are still there until the new process replaces them.
 
     Raises:
         BenchError: If that does not happen within ``timeout_s``.
@@ -89,10 +105,13 @@ def wait_idle(server: ControlPlane, probe_id: str, *, timeout_s: float) -> dict[
     last: Any = None
     while time.monotonic() < deadline:
         last = server.get_json(f"/api/v1/probes/{probe_id}", timeout_s=10)
-        if isinstance(last, dict) and last.get("status") == "online" and last.get("inventory_collected_at"):
+        probe = cast(dict[str, Any], last) if isinstance(last, dict) else {}
+        collected = probe.get("inventory_collected_at")
+        fresh = isinstance(collected, str) and datetime.fromisoformat(collected) >= since
+        if fresh and probe.get("status") in _CONNECTED:
             return {"seconds_to_online_with_inventory": round(time.monotonic() - started, 2), "probe": last}
         time.sleep(0.5)
-    raise BenchError(f"the probe was not online with an inventory within {timeout_s:g} s (last: {last})")
+    raise BenchError(f"the probe was not connected with an inventory within {timeout_s:g} s (last: {last})")
 
 
 SALT_MINION_CONF = """\
@@ -107,8 +126,50 @@ id: bench-minion
 """
 
 
+IMPORT_STEPS = (
+    "pydantic",
+    "pydantic_settings",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+    "anyio",
+    "websockets.asyncio.client",
+    "legator_probe.protocol",
+    "legator_probe.agent.executor",
+    "legator_probe.agent.daemon",
+    "legator_probe.agent.cli",
+)
+"""Modules whose import cost (RSS of a fresh interpreter that imported only that one) is reported."""
+
+
+_NOTHING = "(nothing)"
+
+_PRINT_RSS = (
+    "import os\n"
+    "with open(f'/proc/{os.getpid()}/status', encoding='ascii') as fh:\n"
+    "    print(next(line.split()[1] for line in fh if line.startswith('VmRSS:')))\n"
+)
+
+
+def import_costs() -> dict[str, float | None]:
+    """RSS in MiB of ``python -c 'import <module>'`` for each of :data:`IMPORT_STEPS` (and of nothing)."""
+    out: dict[str, float | None] = {}
+    for module in (_NOTHING, *IMPORT_STEPS):
+        code = ("" if module == _NOTHING else f"import {module}\n") + _PRINT_RSS
+        done = subprocess.run([str(VENV_BIN / "python"), "-c", code], capture_output=True, text=True,
+                              encoding="utf-8", timeout=60, check=False)  # fmt: skip
+        out[module] = round(int(done.stdout.strip()) / 1024, 1) if done.returncode == 0 else None
+    return out
+
+
+def precompile_probe() -> bool:
+    """Compile the bytecode of the ``legator_probe`` this interpreter imports (the probe's) into ``__pycache__``."""
+    import legator_probe
+
+    return bool(compileall.compile_dir(Path(legator_probe.__file__).parent, quiet=1))
+
+
 def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
     results["machine"] = machine_info()
+    results["bytecode_precompiled"] = precompile_probe() if args.compile else False
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="legator-probe-mem-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.server:
@@ -128,15 +189,15 @@ def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
         init = subprocess.run(
             [str(VENV_BIN / "legator-probe"), "init", "--server", server.url, "--token", token, "--config",
              str(config)],
-            capture_output=True, text=True, timeout=60, env={**os.environ, **env}, check=False,
+            capture_output=True, text=True, encoding="utf-8", timeout=60, env={**os.environ, **env}, check=False,
         )  # fmt: skip
         if init.returncode != 0:
             raise BenchError(f"legator-probe init failed ({init.returncode}): {init.stderr.strip()[-500:]}")
         probe_id = json.loads(config.read_text(encoding="utf-8"))["probe_id"]
-        t_start = time.monotonic()
+        t_start, since = time.monotonic(), datetime.now(UTC)
         probe = _spawn([str(VENV_BIN / "legator-probe"), "run", "--config", str(config)], log=work / "probe.log",
                        env=env)  # fmt: skip
-        idle = wait_idle(server, probe_id, timeout_s=args.connect_timeout)
+        idle = wait_idle(server, probe_id, since=since, timeout_s=args.connect_timeout)
         results["probe"] = {"pid": probe.pid, "probe_id": probe_id, **idle}
         print(f"probe {probe_id} (pid {probe.pid}) online with inventory after {time.monotonic() - t_start:.1f} s")
 
@@ -154,14 +215,16 @@ def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
         if salt_path:
             root = work / "salt"
             (root / "conf").mkdir(parents=True, exist_ok=True)
-            (root / "conf" / "minion").write_text(SALT_MINION_CONF.format(root=root, port=args.salt_master_port))
+            (root / "conf" / "minion").write_text(
+                SALT_MINION_CONF.format(root=root, port=args.salt_master_port), encoding="utf-8"
+            )
             salt = _spawn([salt_path, "-c", str(root / "conf"), "-l", "warning"], log=work / "salt.log")
             results["salt_minion"] = {"path": salt_path, "note": "no master listening; the minion idles retrying"}
         else:
             results["salt_minion"] = {"installed": False, "note": "salt-minion is not installed on this machine"}
         time.sleep(args.settle)
 
-        samples: dict[str, list[float]] = {"probe": [], "probe_tree": []}
+        samples: dict[str, list[float]] = {"probe": [], "probe_anon": [], "probe_file": [], "probe_tree": []}
         for name in baselines:
             samples[name] = []
         if salt is not None:
@@ -173,6 +236,10 @@ def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
             rss = vm_rss_bytes(probe.pid)
             if rss is not None:
                 samples["probe"].append(rss)
+            for field, name in (("RssAnon", "probe_anon"), ("RssFile", "probe_file")):
+                value = _status_bytes(probe.pid, field)
+                if value is not None:
+                    samples[name].append(value)
             tree = tree_rss(probe.pid)
             if tree is not None:
                 samples["probe_tree"].append(tree)
@@ -185,7 +252,7 @@ def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 if value is not None:
                     samples["salt_minion_tree"].append(value)
             time.sleep(args.interval)
-        results["probe"]["VmHWM_bytes"] = _hwm(probe.pid)
+        results["probe"]["VmHWM_bytes"] = _status_bytes(probe.pid, "VmHWM")
         after = server.get_json(f"/api/v1/probes/{probe_id}")
         results["probe"]["status_after_window"] = after.get("status") if isinstance(after, dict) else None
         results["rss"] = {name: summarize(values) for name, values in samples.items()}
@@ -195,6 +262,8 @@ def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
             base = results["rss"].get(name)
             ratios[f"probe/{name}"] = round(probe_median / base["median"], 2) if base and probe_median else None
         results["ratios"] = ratios
+        if args.import_breakdown:
+            results["import_rss_mib"] = import_costs()
     finally:
         _stop(probe)
         for proc in baselines.values():
@@ -205,10 +274,11 @@ def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _hwm(pid: int) -> int | None:
+def _status_bytes(pid: int, field: str) -> int | None:
+    """A ``kB`` field of ``/proc/<pid>/status`` (``VmHWM``, ``RssAnon``…) in bytes; ``None`` if it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
@@ -216,25 +286,36 @@ def _hwm(pid: int) -> int | None:
 
 
 def report(results: dict[str, Any]) -> None:
-    rss: dict[str, Any] = results.get("rss") or {}
+    rss: dict[str, dict[str, float] | None] = results.get("rss") or {}
+    probe: dict[str, Any] = results.get("probe") or {}
+    salt: dict[str, Any] = results.get("salt_minion") or {}
+    ratios: dict[str, float | None] = results.get("ratios") or {}
+    imports: dict[str, float | None] = results.get("import_rss_mib") or {}
 
     def fmt(name: str) -> str:
         s = rss.get(name)
         if not s:
             return "-"
-        return f"min {mib(s['min'])}  median {mib(s['median'])}  max {mib(s['max'])} MiB  (n={s['n']})"
+        return f"min {mib(s['min'])}  median {mib(s['median'])}  max {mib(s['max'])} MiB  (n={s['n']:g})"
 
     rows: list[tuple[str, object]] = [
         ("legator-probe run (VmRSS)", fmt("probe")),
+        ("  of which anonymous (RssAnon)", fmt("probe_anon")),
+        ("  of which file-backed (RssFile)", fmt("probe_file")),
         ("legator-probe + children", fmt("probe_tree")),
-        ("legator-probe peak (VmHWM)", f"{mib((results.get('probe') or {}).get('VmHWM_bytes'))} MiB"),
+        ("legator-probe peak (VmHWM)", f"{mib(probe.get('VmHWM_bytes'))} MiB"),
         ("bare python sleep", fmt("bare_python")),
         ("python + agent imports", fmt("python_with_agent_imports")),
+        ("salt-minion (tree)", fmt("salt_minion_tree") if "salt_minion_tree" in rss else salt.get("note")),
+        ("legator_probe bytecode precompiled", results.get("bytecode_precompiled")),
     ]
-    salt = results.get("salt_minion") or {}
-    rows.append(("salt-minion (tree)", fmt("salt_minion_tree") if "salt_minion_tree" in rss else salt.get("note")))
-    for name, ratio in (results.get("ratios") or {}).items():
-        rows.append((f"ratio {name}", ratio))
+    rows += [(f"ratio {name}", ratio) for name, ratio in ratios.items()]
+    nothing = imports.get(_NOTHING)
+    for module, value in imports.items():
+        extra = (
+            f"  (+{value - nothing:.1f})" if value is not None and nothing is not None and module != _NOTHING else ""
+        )
+        rows.append((f"RSS after only `import {module}`", f"{value} MiB{extra}"))
     print_table("probe memory (idle, after first inventory)", rows)
 
 
@@ -246,6 +327,18 @@ def main() -> None:
     parser.add_argument("--connect-timeout", type=float, default=120.0, help="bound on reaching idle, s")
     parser.add_argument("--hostname", default="bench-memory-probe", help="LEGATOR_HOSTNAME of the probe")
     parser.add_argument("--salt-master-port", type=int, default=4506, help="port a salt-minion (if any) is pointed at")
+    parser.add_argument(
+        "--no-import-breakdown",
+        dest="import_breakdown",
+        action="store_false",
+        help="skip measuring what importing each of the agent's dependencies costs",
+    )
+    parser.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="do not compile legator_probe's bytecode first (measure the tree as it is)",
+    )
     parser.add_argument("--server", help="attach to this control plane instead of starting one")
     parser.add_argument("--admin-key-file", help="admin API key file of --server")
     parser.add_argument("--work-dir", help="keep the data dir, probe config and logs here")

@@ -180,20 +180,24 @@ class Session:
             return
 
     async def _inventories(self) -> None:
-        from legator_probe.agent.inventory import collect_inventory
-
-        daemon = self.daemon
         try:
             while True:
-                try:
-                    payload = await anyio.to_thread.run_sync(partial(collect_inventory, hostname=daemon.hostname))
-                except Exception:  # telemetry boundary: a broken source must not end the session
-                    logger.exception("inventory collection failed")
-                else:
-                    await self.connection.send(partial(ProbeProtocol.send_inventory, payload=payload))
-                await anyio.sleep(daemon.state.config.inventory_interval_s)
+                await self._send_inventory()
+                await anyio.sleep(self.daemon.state.config.inventory_interval_s)
         except ConnectionGone:
             return
+
+    async def _send_inventory(self) -> None:
+        # A method of its own so that the payload (thousands of packages on some hosts) is not kept alive
+        # through the sleep between two inventories.
+        from legator_probe.agent.inventory import collect_inventory
+
+        try:
+            payload = await anyio.to_thread.run_sync(partial(collect_inventory, hostname=self.daemon.hostname))
+        except Exception:  # telemetry boundary: a broken source must not end the session
+            logger.exception("inventory collection failed")
+            return
+        await self.connection.send(partial(ProbeProtocol.send_inventory, payload=payload))
 
     async def _stop_when_asked(self) -> None:
         daemon = self.daemon

@@ -10,6 +10,11 @@ includes the target ``probe_id``, a single-use ``nonce`` and an ``expires_at`` d
 ``id`` and ``ts`` are transport metadata and are not covered. Both sides compute the canonical bytes
 from the validated payload model, never from the raw frame, so the probe verifies exactly what it
 will act on.
+
+Only the control plane's side (:func:`derive_probe_keypair`, :func:`sign_envelope`) imports
+``cryptography``, when first called. The probe holds raw public keys (:func:`decode_public_key`) and
+verifies through the interpreter's own OpenSSL where it can (:mod:`._ed25519`), which keeps
+``cryptography``'s 14 MB extension out of an idle probe.
 """
 
 import base64
@@ -20,18 +25,16 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
+from legator_probe.protocol import _ed25519
 from legator_probe.protocol.errors import SignatureRejected
 from legator_probe.protocol.messages import SIGNED_TYPES, SignedMessage
 from legator_probe.protocol.payloads import KeyRotationPayload
 from legator_probe.protocol.types import RejectionReason
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "DEFAULT_CLOCK_SKEW",
@@ -39,6 +42,7 @@ __all__ = [
     "DEFAULT_REPLAY_CACHE_SIZE",
     "MIN_MASTER_KEY_BYTES",
     "SIGNED_TYPES",
+    "PublicKey",
     "TrustedKey",
     "Verifier",
     "canonical_bytes",
@@ -64,7 +68,25 @@ DEFAULT_REPLAY_CACHE_SIZE: Final = 10_000
 _HKDF_SALT: Final = b"legator/probe-signing/v1"
 _SIGNATURE_RE: Final = re.compile(r"[A-Za-z0-9_-]{86}")  # 64 bytes, unpadded base64url
 
+_PUBLIC_KEY_BYTES: Final = 32
+
 _SignedT = TypeVar("_SignedT", bound=SignedMessage)
+
+
+class PublicKey(Protocol):
+    """An Ed25519 public key: anything that gives its 32 raw bytes, e.g. ``cryptography``'s ``Ed25519PublicKey``."""
+
+    def public_bytes_raw(self) -> bytes:
+        """Return the key's 32 raw bytes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _RawPublicKey:
+    raw: bytes
+
+    def public_bytes_raw(self) -> bytes:
+        return self.raw
 
 
 def _json_default(value: object) -> str:
@@ -99,13 +121,13 @@ def signing_input(message: SignedMessage) -> bytes:
     return canonical_bytes(message.type, message.payload.model_dump(mode="python"))
 
 
-def _key_id(public_key: Ed25519PublicKey, generation: int) -> str:
-    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+def _key_id(public_key: PublicKey, generation: int) -> str:
+    raw = public_key.public_bytes_raw()
     fingerprint = base64.urlsafe_b64encode(hashlib.sha256(raw).digest()[:12]).decode("ascii")
     return f"g{generation}-{fingerprint}"
 
 
-def derive_probe_keypair(master_key: bytes, probe_id: str, generation: int) -> tuple[str, Ed25519PrivateKey]:
+def derive_probe_keypair(master_key: bytes, probe_id: str, generation: int) -> tuple[str, "Ed25519PrivateKey"]:
     """Derive a probe's signing key pair for one key generation.
 
     The same inputs always give the same key, so the control plane stores only its master key and
@@ -128,6 +150,11 @@ def derive_probe_keypair(master_key: bytes, probe_id: str, generation: int) -> t
         raise ValueError("probe id must not be empty")
     if generation < 0:
         raise ValueError("key generation must not be negative")
+    # Imported here: only the control plane derives keys, and a probe is spared cryptography's ~9 MiB.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     probe = probe_id.encode("utf-8")
     info = b"probe-signing-key" + len(probe).to_bytes(4, "big") + probe + generation.to_bytes(8, "big")
     seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT, info=info).derive(master_key)
@@ -135,22 +162,27 @@ def derive_probe_keypair(master_key: bytes, probe_id: str, generation: int) -> t
     return _key_id(private_key.public_key(), generation), private_key
 
 
-def encode_public_key(public_key: Ed25519PublicKey) -> str:
+def encode_public_key(public_key: PublicKey) -> str:
     """Return a public key as standard base64 of its 32 raw bytes (the ``new_public_key`` format)."""
-    return base64.b64encode(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
+    return base64.b64encode(public_key.public_bytes_raw()).decode("ascii")
 
 
-def decode_public_key(text: str) -> Ed25519PublicKey:
+def decode_public_key(text: str) -> PublicKey:
     """Load a public key from standard base64 of its 32 raw bytes.
+
+    Like ``cryptography``'s ``Ed25519PublicKey.from_public_bytes``, this checks the length only; a key that is
+    not a curve point simply never verifies a signature.
 
     Raises:
         ValueError: The text is not base64 of exactly 32 bytes.
     """
     raw = base64.b64decode(text, validate=True)
-    return Ed25519PublicKey.from_public_bytes(raw)
+    if len(raw) != _PUBLIC_KEY_BYTES:
+        raise ValueError(f"an Ed25519 public key is {_PUBLIC_KEY_BYTES} bytes, not {len(raw)}")
+    return _RawPublicKey(raw)
 
 
-def sign_envelope(message: _SignedT, *, key_id: str, private_key: Ed25519PrivateKey) -> _SignedT:
+def sign_envelope(message: _SignedT, *, key_id: str, private_key: "Ed25519PrivateKey") -> _SignedT:
     """Return a copy of ``message`` with ``sig`` set to ``"<key_id>.<base64url signature>"``.
 
     Args:
@@ -173,7 +205,7 @@ class TrustedKey:
     """A public key the probe accepts signatures from, until ``not_after`` when set."""
 
     key_id: str
-    public_key: Ed25519PublicKey
+    public_key: PublicKey
     not_after: datetime | None = None
 
 
@@ -278,10 +310,9 @@ class Verifier:
             raise reject("unknown_key", "signing key is not trusted")
         if key.not_after is not None and now > key.not_after + self._skew:
             raise reject("unknown_key", "signing key was retired")
-        try:
-            key.public_key.verify(base64.urlsafe_b64decode(encoded + "=="), signing_input(message))
-        except InvalidSignature:
-            raise reject("bad_signature", "signature does not match the payload") from None
+        signature = base64.urlsafe_b64decode(encoded + "==")
+        if not _ed25519.verify(key.public_key.public_bytes_raw(), signature, signing_input(message)):
+            raise reject("bad_signature", "signature does not match the payload")
         if payload.probe_id != self.probe_id:
             raise reject("wrong_probe", "instruction is addressed to another probe")
         if now > payload.expires_at + self._skew:

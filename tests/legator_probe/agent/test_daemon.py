@@ -1,5 +1,6 @@
 """The daemon against a real WebSocket gateway on 127.0.0.1 that signs like the control plane."""
 
+import gc
 import os
 import random
 import signal
@@ -27,6 +28,7 @@ from tests.legator_probe.agent._support import (
 from legator_probe.agent.daemon import ProbeDaemon
 from legator_probe.agent.settings import load_config
 from legator_probe.agent.status import read_status, status_path
+from legator_probe.protocol import _ed25519
 from legator_probe.protocol.messages import (
     CommandMessage,
     CommandResultMessage,
@@ -39,7 +41,7 @@ from legator_probe.protocol.messages import (
     RejectionMessage,
     new_message_id,
 )
-from legator_probe.protocol.payloads import BackoffPayload, KeyRotationPayload, PolicyUpdatePayload
+from legator_probe.protocol.payloads import BackoffPayload, InventoryPayload, KeyRotationPayload, PolicyUpdatePayload
 from legator_probe.protocol.signing import derive_probe_keypair, encode_public_key, sign_envelope
 
 pytestmark = pytest.mark.anyio
@@ -86,6 +88,19 @@ async def test_hello_then_welcome_then_inventory_and_heartbeats() -> None:
     assert inventory.payload.hostname == "probe-host" and inventory.payload.cpus > 0
     assert all(beat.payload.mem_total_bytes > 0 and beat.payload.uptime_s > 0 for beat in beats)
     assert session.close_code == 1000
+
+
+async def test_the_inventory_is_not_kept_alive_between_two_collections() -> None:
+    gateway = FakeGateway(heartbeat_interval_s=0.05)
+    with anyio.fail_after(20):
+        async with gateway.running(), ProbeDaemon(fast_settings(), gateway.config()).running():
+            session = await gateway.next_session()
+            received = await session.expect(InventoryMessage)
+            await session.expect(HeartbeatMessage)
+            await session.expect(HeartbeatMessage)  # the inventory loop is asleep by now
+            gc.collect()
+            alive = [o for o in gc.get_objects() if isinstance(o, InventoryPayload)]
+    assert [id(o) for o in alive] == [id(received.payload)]
 
 
 async def test_a_signed_command_streams_chunks_then_one_result() -> None:
@@ -379,15 +394,53 @@ async def test_results_finished_while_offline_are_delivered_after_reconnecting()
     assert (result.payload.request_id, result.payload.stdout) == (sent.payload.request_id, "up\ndone\n")
 
 
-async def _probe_process(config: Path, log: Path, **env: str) -> anyio.abc.Process:
+async def _probe_process(config: Path, log: Path, *python_options: str, **env: str) -> anyio.abc.Process:
     with log.open("wb") as stderr:
         return await anyio.open_process(
-            [sys.executable, "-m", "legator_probe.agent", "run", "--config", str(config)],
+            [sys.executable, *python_options, "-m", "legator_probe.agent", "run", "--config", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env},
         )
+
+
+IDLE_PROBE_NEVER_IMPORTS = (
+    "legator_probe.agent.commands.shell",
+    "legator_probe.agent.commands.files",
+    "legator_probe.agent.commands.process",
+    "legator_probe.agent.commands.systemd",
+    "legator_probe.agent.commands.kubectl",
+    "difflib",
+    "legator_probe.agent.registration",
+    "httpx",
+    "legator_probe.protocol.schema",
+    "legator_mcp",
+)
+"""Modules a connected probe that has run no command must not have imported: each would stay resident."""
+
+
+async def test_an_idle_probe_imports_no_command_modules_and_verifies_without_cryptography(tmp_path: Path) -> None:
+    # The real ``legator-probe run`` with ``python -X importtime``, which lists every module the process imports.
+    gateway = FakeGateway(heartbeat_interval_s=0.05)
+    log = tmp_path / "probe.log"
+    with anyio.fail_after(30):
+        async with gateway.running():
+            config = write_config(tmp_path / "probe.json", gateway.config())
+            process = await _probe_process(config, log, "-X", "importtime")
+            async with process:
+                session = await gateway.next_session()
+                await session.expect(InventoryMessage)
+                await session.expect(HeartbeatMessage)
+                await session.cancel("no-such-request")  # signed: answered only after its signature was verified
+                assert (await session.expect(ErrorMessage)).payload.code == "unknown_request"
+                process.send_signal(signal.SIGTERM)
+                assert await process.wait() == 0
+    lines = log.read_text(encoding="utf-8").splitlines()
+    imported = {line.rpartition("|")[2].strip() for line in lines if line.startswith("import time:")}
+    assert "legator_probe.agent.daemon" in imported
+    never = [*IDLE_PROBE_NEVER_IMPORTS, *(["cryptography"] if _ed25519.load_libcrypto() else [])]
+    assert sorted(m for m in imported if m.partition(".")[0] in never or m in never) == []
 
 
 async def test_sigterm_drains_the_running_command_and_exits_cleanly(tmp_path: Path) -> None:

@@ -1,11 +1,14 @@
 import base64
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from legator_probe.protocol import _ed25519
 from legator_probe.protocol.errors import SignatureRejected
 from legator_probe.protocol.messages import (
     CancelMessage,
@@ -247,6 +250,42 @@ def test_rejects_a_signature_by_another_key_under_a_trusted_id_as_bad_signature(
     key_id = derive_probe_keypair(MASTER, PROBE, 0)[0]
     forged = sign_envelope(cancel(), key_id=key_id, private_key=Ed25519PrivateKey.generate())
     assert rejection_reason(verifier(), forged) == "bad_signature"
+
+
+def test_verification_answers_the_same_through_the_cryptography_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_ed25519, "_backend", _ed25519.verify_with_cryptography)
+    verifier().verify(signed(cancel()))
+    key_id = derive_probe_keypair(MASTER, PROBE, 0)[0]
+    forged = sign_envelope(cancel(), key_id=key_id, private_key=Ed25519PrivateKey.generate())
+    assert rejection_reason(verifier(), forged) == "bad_signature"
+
+
+@pytest.mark.skipif(_ed25519.load_libcrypto() is None, reason="no libcrypto with Ed25519: cryptography verifies")
+def test_the_probe_verifies_signed_instructions_without_importing_cryptography() -> None:
+    public_key = encode_public_key(derive_probe_keypair(MASTER, PROBE, 0)[1].public_key())
+    good = dump_message(signed(cancel()))
+    forged = good.replace('"req-1"', '"req-2"')
+    code = f"""
+import sys
+from datetime import datetime
+from legator_probe.protocol.errors import SignatureRejected
+from legator_probe.protocol.messages import parse_message
+from legator_probe.protocol.signing import TrustedKey, Verifier, decode_public_key
+
+key = TrustedKey({trusted().key_id!r}, decode_public_key({public_key!r}))
+verifier = Verifier(probe_id={PROBE!r}, now=lambda: datetime.fromisoformat({NOW.isoformat()!r}), keys=[key])
+verifier.verify(parse_message({good!r}))
+try:
+    verifier.verify(parse_message({forged!r}))
+except SignatureRejected as exc:
+    assert exc.reason == "bad_signature", exc.reason
+else:
+    raise AssertionError("a tampered instruction was accepted")
+loaded = sorted(name for name in sys.modules if name.partition(".")[0] == "cryptography")
+assert not loaded, loaded
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", check=False)
+    assert done.returncode == 0, done.stderr
 
 
 def test_rejects_an_instruction_for_another_probe_as_wrong_probe() -> None:
