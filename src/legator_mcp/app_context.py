@@ -11,8 +11,11 @@ from legator_mcp.db.session import Database
 from legator_mcp.events.service import EventBus
 from legator_mcp.fleet.service import FleetService
 from legator_mcp.flows.fan_out import FanOutFlow
+from legator_mcp.flows.job_scheduler import JobScheduler
+from legator_mcp.flows.jobs import JobFlow
 from legator_mcp.flows.run_command import CommandFlow
 from legator_mcp.gateway.hub import Hub
+from legator_mcp.jobs.service import JobService
 from legator_mcp.observability import Metrics
 from legator_mcp.policy.service import PolicyService
 from legator_mcp.principal import Principal
@@ -44,3 +47,6 @@ class AppContext:
     """Who a caller is when no credential can exist: ``--no-auth`` mode, or the embedded stdio MCP server."""
     started_at: datetime
     version: str
+    jobs: JobService
+    job_flow: JobFlow
+    job_scheduler: JobScheduler

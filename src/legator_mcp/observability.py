@@ -64,6 +64,16 @@ class _TextFormatter(logging.Formatter):
         return sanitize(super().format(record))
 
 
+def _not_a_denial_artifact(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's spurious error after a WebSocket denial response on the sans-I/O implementation.
+
+    Every refused probe (401, 503 back-off) would otherwise log "ASGI callable returned without completing
+    handshake." at ERROR, although the client got its response (uvicorn PR #3138 fixes it upstream). The
+    gateway always either accepts or denies, so the message carries nothing for us.
+    """
+    return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Send logs to stderr, as JSON lines (default) or text, through the credential sanitiser."""
     handler = logging.StreamHandler(sys.stderr)
@@ -73,5 +83,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    uvicorn_errors.filters[:] = [f for f in uvicorn_errors.filters if f is not _not_a_denial_artifact]
+    uvicorn_errors.addFilter(_not_a_denial_artifact)
     for noisy in ("uvicorn.access", "httpx", "httpcore", "mcp.server.streamable_http_manager"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level]))

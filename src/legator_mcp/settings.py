@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from legator_mcp._duration import parse_duration
+
 __all__ = ["Settings", "parse_listen_addr"]
 
 MiB = 1024 * 1024
@@ -58,6 +60,30 @@ class Settings(BaseSettings):
         default="observe", description="Policy level a newly registered probe starts at."
     )
     max_frame_bytes: int = Field(default=4 * MiB, gt=1024, description="Largest WebSocket frame from a probe.")
+    probe_admit_per_second: float = Field(
+        default=200.0, gt=0, description="New probe connections admitted per second (a reconnect storm waits)."
+    )
+    probe_admit_burst: int = Field(default=500, ge=1, description="New probe connections admitted at once.")
+    probe_max_handshakes: int = Field(
+        default=64, ge=1, description="Probe handshakes in progress at most; more queue for a slot."
+    )
+    probe_handshake_queue_s: float = Field(
+        default=10.0, gt=0, le=25, description="How long a probe queues for a handshake slot before a 503."
+    )
+    jobs_retry_max_attempts: int = Field(default=1, ge=1, le=100, description="Attempts of a job run by default.")
+    jobs_retry_initial_backoff: float = Field(default=5.0, gt=0, description="Seconds before a run's 2nd attempt.")
+    jobs_retry_multiplier: float = Field(default=2.0, ge=1, le=100, description="Backoff growth per attempt.")
+    jobs_retry_max_backoff: float | None = Field(default=None, gt=0, description="Cap on one backoff (seconds).")
+    jobs_scheduler_enabled: bool = Field(default=True, description="Run the job scheduler (one process leads).")
+    capacity_from_heartbeat: bool = Field(
+        default=False, description="Queue or deny commands on probes whose last heartbeat shows memory or disk full."
+    )
+    capacity_limited_pct: float = Field(
+        default=90.0, gt=0, le=100, description="Memory or disk used % at which changes there wait for approval."
+    )
+    capacity_degraded_pct: float = Field(
+        default=97.0, gt=0, le=100, description="Memory or disk used % at which nothing more runs there."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -65,6 +91,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_listen_addr(cls, value: str) -> str:
         parse_listen_addr(value)
+        return value
+
+    @field_validator("jobs_retry_initial_backoff", "jobs_retry_max_backoff", mode="before")
+    @classmethod
+    def _durations(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip() and not value.strip().replace(".", "", 1).isdigit():
+            return parse_duration(value).total_seconds()
         return value
 
     @field_validator("database_url")
@@ -83,6 +116,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_paths(self) -> "Settings":
         self.data_dir = self.data_dir.expanduser().absolute()
+        return self
+
+    @model_validator(mode="after")
+    def _capacity_thresholds_in_order(self) -> "Settings":
+        if self.capacity_limited_pct > self.capacity_degraded_pct:
+            raise ValueError("capacity_limited_pct must not exceed capacity_degraded_pct")
         return self
 
     @property

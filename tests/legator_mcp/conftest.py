@@ -30,7 +30,7 @@ async def live(settings: Settings) -> AsyncIterator[Running]:
     port = sock.getsockname()[1]
     settings = settings.model_copy(update={"listen_addr": f"127.0.0.1:{port}"})
     app = build_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app.asgi, log_config=None, lifespan="on"))
+    server = uvicorn.Server(app.server_config())
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
         with anyio.fail_after(15):

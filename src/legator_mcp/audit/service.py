@@ -4,7 +4,8 @@ Event types are ``<domain>.<verb>`` in snake case (``auth.key_created``, ``comma
 parts where a domain has sub-entities (``job.run.started``); see :data:`schemas.EVENT_TYPE_PATTERN`.
 """
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from legator_mcp.audit import store
 from legator_mcp.audit._chain import ChainVerifier, Checkpoint, to_json_value
+from legator_mcp.audit._redact import redact_json, redact_text
 from legator_mcp.audit.schemas import (
     EVENT_TYPE_PATTERN,
     PURGED_EVENT_TYPE,
@@ -27,16 +29,15 @@ from legator_mcp.db.session import Database
 from legator_mcp.errors import InvalidRequest
 from legator_mcp.observability import request_id_var
 from legator_mcp.principal import Principal, PrincipalKind
-from legator_probe.protocol.sanitize import sanitize, sanitize_mapping
 
-__all__ = ["AuditService"]
+__all__ = ["AuditEntry", "AuditService"]
 
 DEFAULT_BATCH_SIZE = 1000
 """Rows fetched per round trip by export and verify; memory stays bounded by one batch."""
 
 
 def _clean_text(value: str) -> str:
-    cleaned: str = to_json_value(sanitize(value))
+    cleaned: str = to_json_value(redact_text(value))
     return cleaned
 
 
@@ -46,8 +47,51 @@ def _clean_mapping(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
     plain = to_json_value(value)
     if not isinstance(plain, dict):
         raise InvalidRequest("audit detail, before and after must be JSON objects")
-    cleaned: dict[str, Any] = to_json_value(sanitize_mapping(cast(dict[str, Any], plain)))
-    return cleaned
+    # Already plain JSON: redaction only replaces text, so what it returns needs no second conversion.
+    return redact_json(cast(dict[str, Any], plain))
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One event for :meth:`AuditService.record_many`; the fields mean what :meth:`AuditService.record`'s
+    arguments of the same names mean."""
+
+    type: str
+    actor: Principal | str
+    summary: str
+    probe_id: str | None = None
+    detail: Mapping[str, Any] | None = None
+    before: Mapping[str, Any] | None = None
+    after: Mapping[str, Any] | None = None
+    request_id: str | None = None
+    principal_kind: PrincipalKind = PrincipalKind.ANONYMOUS
+
+
+def _fields(entry: AuditEntry) -> dict[str, Any]:
+    """The stored columns of ``entry`` (except its place in the chain), sanitised.
+
+    Raises:
+        InvalidRequest: If ``type`` is not ``<domain>.<verb>`` or a mapping is not a JSON object.
+    """
+    if not EVENT_TYPE_PATTERN.fullmatch(entry.type):
+        raise InvalidRequest(f"audit event type must look like 'domain.verb', got {entry.type!r}")
+    if isinstance(entry.actor, Principal):
+        # Minted by us and looked up verbatim; redaction would mangle ``api_key:<name>``.
+        actor_name, kind, via = entry.actor.actor, entry.actor.kind.value, entry.actor.via
+    else:
+        actor_name, kind, via = _clean_text(entry.actor), entry.principal_kind.value, None
+    return {
+        "type": entry.type,
+        "actor": actor_name,
+        "principal_kind": kind,
+        "via": via,
+        "probe_id": to_json_value(entry.probe_id),
+        "summary": _clean_text(entry.summary),
+        "detail": _clean_mapping(entry.detail),
+        "before": _clean_mapping(entry.before),
+        "after": _clean_mapping(entry.after),
+        "request_id": to_json_value(entry.request_id if entry.request_id is not None else request_id_var.get()),
+    }
 
 
 class AuditService:
@@ -114,25 +158,12 @@ class AuditService:
             InvalidRequest: If ``type`` is not ``<domain>.<verb>`` or a mapping is not a JSON object.
             ServiceUnavailable: If the database cannot be written.
         """
-        if not EVENT_TYPE_PATTERN.fullmatch(type):
-            raise InvalidRequest(f"audit event type must look like 'domain.verb', got {type!r}")
-        if isinstance(actor, Principal):
-            # Minted by us and looked up verbatim; redaction would mangle ``api_key:<name>``.
-            actor_name, kind, via = actor.actor, actor.kind.value, actor.via
-        else:
-            actor_name, kind, via = _clean_text(actor), principal_kind.value, None
-        fields: dict[str, Any] = {
-            "type": type,
-            "actor": actor_name,
-            "principal_kind": kind,
-            "via": via,
-            "probe_id": to_json_value(probe_id),
-            "summary": _clean_text(summary),
-            "detail": _clean_mapping(detail),
-            "before": _clean_mapping(before),
-            "after": _clean_mapping(after),
-            "request_id": to_json_value(request_id if request_id is not None else request_id_var.get()),
-        }
+        fields = _fields(
+            AuditEntry(
+                type=type, actor=actor, summary=summary, probe_id=probe_id, detail=detail, before=before, after=after,
+                request_id=request_id, principal_kind=principal_kind,
+            )
+        )  # fmt: skip
         with map_db_errors():
             if session is not None:
                 event = await store.append(session, clock=self._clock, **fields)
@@ -140,6 +171,30 @@ class AuditService:
                 async with self._database.write() as own:
                     event = await store.append(own, clock=self._clock, **fields)
         return AuditEventRead.model_validate(event)
+
+    async def record_many(self, entries: Sequence[AuditEntry], *, session: AsyncSession) -> int:
+        """Append several events to the chain inside the caller's write transaction, in order, with one lock of the
+        chain head and one insert: what a batch of commands or results costs in audit, whatever its size.
+
+        Args:
+            entries: The events, each as :meth:`record` would take it.
+            session: A write session (from :meth:`Database.write`); the events commit or roll back with it. As
+                with :meth:`record`, the chain head stays locked until that transaction ends.
+
+        Returns:
+            How many events were appended.
+
+        Raises:
+            InvalidRequest: If an event's ``type`` is not ``<domain>.<verb>`` or a mapping is not a JSON object
+                (then none is appended).
+            ServiceUnavailable: If the database cannot be written.
+        """
+        if not entries:
+            return 0
+        batch = [_fields(entry) for entry in entries]
+        with map_db_errors():
+            await store.append_many(session, clock=self._clock, events=batch)
+        return len(batch)
 
     async def search(self, query: AuditQuery) -> AuditPage:
         """Return one page of matching events, newest first.

@@ -6,11 +6,11 @@ IMMEDIATE`` write transaction already holds the database's only write lock.
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,6 +23,7 @@ from legator_mcp.errors import InvalidRequest
 
 __all__ = [
     "append",
+    "append_many",
     "begin_snapshot",
     "chain_batch",
     "count",
@@ -158,6 +159,29 @@ async def append(
         .execution_options(synchronize_session=False)
     )
     return event
+
+
+async def append_many(
+    session: AsyncSession, *, clock: Callable[[], datetime], events: Sequence[dict[str, Any]]
+) -> None:
+    """Append events (each the keyword arguments of :func:`append`) in order: one head lock, one multi-row insert.
+
+    Each event chains onto the one before it exactly as successive :func:`append` calls would chain them.
+    """
+    last_seq, last_hash = await lock_head(session)
+    rows: list[dict[str, Any]] = []
+    for event in events:
+        fields: dict[str, Any] = {**event, "seq": last_seq + 1, "id": new_id(), "ts": clock(), "prev_hash": last_hash}
+        fields["hash"] = event_hash(fields)
+        rows.append(fields)
+        last_seq, last_hash = fields["seq"], fields["hash"]
+    await session.execute(insert(AuditEvent), rows)
+    await session.execute(
+        update(AuditHead)
+        .where(AuditHead.id == _HEAD_ID)
+        .values(last_seq=last_seq, last_hash=last_hash)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def search(session: AsyncSession, query: AuditQuery) -> tuple[list[AuditEvent], str | None]:

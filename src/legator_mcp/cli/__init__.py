@@ -4,7 +4,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from legator_mcp.cli import _client, _local, _serve
+from legator_mcp.cli import _client, _local, _serve, jobs, policies
 from legator_mcp.cli._common import CliError, fail
 
 __all__ = ["main"]
@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     _serve.add_commands(sub)
     _local.add_commands(sub)
     _client.add_commands(sub)
+    jobs.add_commands(sub)
+    policies.add_commands(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ import httpx
 
 from legator_mcp.cli._common import CliError, print_output
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "client_flags", "params", "request"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 
@@ -273,3 +273,11 @@ def _approvals_decide(args: argparse.Namespace) -> int:
         request = result["request"]
         print(f"approval {request['id']}: {result['status']} (request is now {request['status']})")
     return 0
+
+
+client_flags = _client_flags
+"""Add ``--server``, ``--api-key-file`` and ``--output`` to a subcommand (shared by the other client modules)."""
+request = _request
+"""Call the REST API as the configured key; a 4xx/5xx answer becomes a :class:`CliError` with its code."""
+params = _params
+"""The named flags that were given, as query parameters."""

@@ -81,7 +81,7 @@ def _warn_exposure(settings: Settings) -> None:
 
 
 async def _run(app: LegatorApp, sock: socket.socket, on_ready: Callable[[], Awaitable[None]] | None) -> None:
-    config = uvicorn.Config(app.asgi, log_config=None, lifespan="on", server_header=False, timeout_graceful_shutdown=10)
+    config = app.server_config(timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
 
     async def announce() -> None:

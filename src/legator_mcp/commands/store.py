@@ -2,8 +2,9 @@
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from legator_mcp.commands.models import CommandRun
@@ -20,6 +21,31 @@ class CommandStore:
             session.add(run)
             await session.flush()
         return run
+
+    async def insert_many(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows given as column values, in one multi-row statement (no ORM objects to build)."""
+        with map_db_errors("a command with one of these request ids already exists"):
+            await session.execute(insert(CommandRun), list(rows))
+
+    async def values_for_update(self, session: AsyncSession, request_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The rows with these ids as (mutable) column-value dicts, locked until the transaction ends."""
+        found: dict[str, dict[str, Any]] = {}
+        unique = list(dict.fromkeys(request_ids))
+        table = CommandRun.__table__
+        for start in range(0, len(unique), 500):  # SQLite caps bound parameters per statement
+            statement = (
+                select(table)
+                .where(table.c.request_id.in_(unique[start : start + 500]))
+                .order_by(table.c.request_id)
+                .with_for_update()
+            )
+            found.update((row["request_id"], dict(row)) for row in (await session.execute(statement)).mappings())
+        return found
+
+    async def update_many(self, session: AsyncSession, changes: Sequence[dict[str, Any]]) -> None:
+        """Apply column changes to rows by ``request_id`` (each dict names it), batched into one statement."""
+        if changes:
+            await session.execute(update(CommandRun), list(changes))
 
     async def get(self, session: AsyncSession, request_id: str, *, for_update: bool = False) -> CommandRun | None:
         statement = select(CommandRun).where(CommandRun.request_id == request_id)

@@ -1,22 +1,23 @@
 """What the gateway reports about probes: connections, heartbeats, inventory, and the offline sweep.
 
 Only status transitions are audited and published, once each; an ordinary heartbeat writes no audit record.
-Heartbeats are group-committed: those arriving while a batch is being written are written together in the
-next one, so the cost per heartbeat falls as the fleet grows.
+Connections, disconnections, heartbeats and inventories are group-committed (:class:`GroupCommit`): reports
+arriving while a batch is being written are written together in the next one, so a reconnect storm or a
+heartbeat wave costs a few transactions, not one per probe.
 """
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from legator_mcp.audit.service import AuditService
 from legator_mcp.db._errors import map_db_errors
+from legator_mcp.db.group_commit import GroupCommit
 from legator_mcp.db.session import Database
-from legator_mcp.errors import InvalidRequest, NotFound, ServiceUnavailable
+from legator_mcp.errors import InvalidRequest, LegatorError, NotFound, ServiceUnavailable
 from legator_mcp.events.service import EventBus
 from legator_mcp.fleet import _views
 from legator_mcp.fleet._health import RECOVERY_MARGIN, assess
@@ -27,6 +28,8 @@ from legator_mcp.principal import Principal, PrincipalKind
 from legator_probe.protocol.payloads import HeartbeatPayload, HelloPayload, InventoryPayload
 
 __all__ = ["Presence"]
+
+R = TypeVar("R")
 
 Disconnect = Callable[[str, int, str], Awaitable[bool]]
 """``(probe_id, close_code, reason)``: close the probe's live connection, if any; returns whether it had one."""
@@ -61,16 +64,6 @@ class _Transition:
         return {"from": self.previous, "to": self.new, "reason": self.reason, "hostname": self.hostname}
 
 
-@dataclass
-class _HeartbeatBatch:
-    items: dict[str, tuple[HeartbeatPayload, datetime]] = field(
-        default_factory=dict[str, tuple[HeartbeatPayload, datetime]]
-    )
-    results: dict[str, HeartbeatRead] = field(default_factory=dict[str, HeartbeatRead])
-    done: bool = False
-    error: BaseException | None = None
-
-
 class Presence:
     """Keeps each probe's status, last-seen time, metrics, health and inventory current."""
 
@@ -84,6 +77,7 @@ class Presence:
         clock: Callable[[], datetime],
         timing: _views.Timing,
         is_connected: Callable[[str], bool],
+        heard_within: Callable[[str, float], bool],
         disconnect: Disconnect,
     ) -> None:
         self._db = database
@@ -93,9 +87,27 @@ class Presence:
         self._clock = clock
         self._timing = timing
         self._is_connected = is_connected
+        self._heard_within = heard_within
         self._disconnect = disconnect
-        self._batch: _HeartbeatBatch | None = None
-        self._lock = anyio.Lock()
+        self._connects = GroupCommit[str, tuple[HelloPayload, datetime], ProbeRead](self._write_connects)
+        self._disconnects = GroupCommit[str, tuple[str, datetime], None](self._write_disconnects)
+        self._heartbeats = GroupCommit[str, tuple[HeartbeatPayload, datetime], HeartbeatRead](self._write_heartbeats)
+        self._inventories = GroupCommit[str, tuple[InventoryPayload, datetime], InventoryRead](self._write_inventories)
+
+    @staticmethod
+    async def _submit(group: "GroupCommit[str, Any, R]", probe_id: str, value: Any, what: str) -> R | None:
+        try:
+            return await group.submit(probe_id, value)
+        except LegatorError:
+            raise
+        except Exception as exc:
+            raise ServiceUnavailable(f"the {what} could not be recorded") from exc
+
+    @staticmethod
+    def _found(result: R | None, probe_id: str) -> R:
+        if result is None:
+            raise NotFound(f"probe {probe_id} not found", details={"probe_id": probe_id})
+        return result
 
     async def _require(self, session: AsyncSession, probe_id: str) -> Probe:
         probe = await self._store.probe(session, probe_id, for_update=True)
@@ -122,59 +134,48 @@ class Presence:
     async def connected(self, *, probe_id: str, hello: HelloPayload) -> ProbeRead:
         if hello.probe_id != probe_id:
             raise InvalidRequest("hello names another probe", details={"probe_id": probe_id})
-        now = self._clock()
+        result = await self._submit(self._connects, probe_id, (hello, self._clock()), "connection")
+        return self._found(result, probe_id)
+
+    async def _write_connects(self, items: dict[str, tuple[HelloPayload, datetime]]) -> dict[str, ProbeRead]:
+        results: dict[str, ProbeRead] = {}
         transitions: list[_Transition] = []
         async with self._db.write() as session:
-            probe = await self._require(session, probe_id)
-            probe.connected_at = probe.last_seen_at = now
-            probe.version = hello.version[:64]
-            new = "degraded" if probe.status == "degraded" else "online"
-            if new != probe.status:
-                transitions.append(_Transition(probe_id, probe.hostname, probe.status, new, "probe connected"))
-                probe.status, probe.status_changed_at = new, now
+            for probe_id, probe in (await self._store.probes(session, list(items), for_update=True)).items():
+                hello, now = items[probe_id]
+                probe.connected_at = probe.last_seen_at = now
+                probe.version = hello.version[:64]
+                new = "degraded" if probe.status == "degraded" else "online"
+                if new != probe.status:
+                    transitions.append(_Transition(probe_id, probe.hostname, probe.status, new, "probe connected"))
+                    probe.status, probe.status_changed_at = new, now
+                results[probe_id] = _views.probe_read(probe, now=now, timing=self._timing)
             await self._record(session, transitions, None)
-            read = _views.probe_read(probe, now=now, timing=self._timing)
         self._publish(transitions)
-        return read
+        return results
 
     async def disconnected(self, *, probe_id: str, reason: str) -> None:
-        if self._is_connected(probe_id):
-            return
-        now = self._clock()
+        if not self._is_connected(probe_id):
+            await self._submit(self._disconnects, probe_id, (reason, self._clock()), "disconnection")
+
+    async def _write_disconnects(self, items: dict[str, tuple[str, datetime]]) -> dict[str, None]:
         transitions: list[_Transition] = []
         async with self._db.write() as session:
-            probe = await self._store.probe(session, probe_id, for_update=True)
-            if probe is None or probe.status in ("offline", "pending"):
-                return
-            transitions.append(_Transition(probe_id, probe.hostname, probe.status, "offline", reason[:200]))
-            probe.status, probe.status_changed_at = "offline", now
+            # A probe that reconnected while this batch waited keeps its status.
+            gone = [probe_id for probe_id in items if not self._is_connected(probe_id)]
+            for probe_id, probe in (await self._store.probes(session, gone, for_update=True)).items():
+                if probe.status in ("offline", "pending"):
+                    continue
+                reason, now = items[probe_id]
+                transitions.append(_Transition(probe_id, probe.hostname, probe.status, "offline", reason[:200]))
+                probe.status, probe.status_changed_at = "offline", now
             await self._record(session, transitions, None)
         self._publish(transitions)
+        return {}
 
     async def heartbeat(self, *, probe_id: str, heartbeat: HeartbeatPayload) -> HeartbeatRead:
-        batch = self._batch
-        if batch is None:
-            batch = self._batch = _HeartbeatBatch()
-        batch.items[probe_id] = (heartbeat, self._clock())
-        async with self._lock:
-            if not batch.done:
-                if self._batch is batch:
-                    self._batch = None
-                # Shielded: the batch carries other probes' heartbeats too, and their callers wait on it.
-                with anyio.CancelScope(shield=True):
-                    try:
-                        batch.results = await self._write_heartbeats(batch.items)
-                    except BaseException as exc:
-                        batch.error = exc
-                        raise
-                    finally:
-                        batch.done = True
-        if batch.error is not None:
-            raise ServiceUnavailable("the heartbeat could not be recorded") from batch.error
-        result = batch.results.get(probe_id)
-        if result is None:
-            raise NotFound(f"probe {probe_id} not found", details={"probe_id": probe_id})
-        return result
+        result = await self._submit(self._heartbeats, probe_id, (heartbeat, self._clock()), "heartbeat")
+        return self._found(result, probe_id)
 
     def _judge(
         self, probe_id: str, hostname: str, status: str, cpus: int | None, heartbeat: HeartbeatPayload, seen: datetime
@@ -227,28 +228,37 @@ class Presence:
         return results
 
     async def inventory(self, *, probe_id: str, inventory: InventoryPayload) -> InventoryRead:
-        now = self._clock()
+        result = await self._submit(self._inventories, probe_id, (inventory, self._clock()), "inventory")
+        return self._found(result, probe_id)
+
+    async def _write_inventories(self, items: dict[str, tuple[InventoryPayload, datetime]]) -> dict[str, InventoryRead]:
+        results: dict[str, InventoryRead] = {}
         async with self._db.write() as session:
-            probe = await self._require(session, probe_id)
-            row = ProbeInventory(
-                probe_id=probe_id, data=inventory.model_dump(mode="json"), collected_at=inventory.collected_at,
-                received_at=now,
-            )  # fmt: skip
-            await self._store.put_inventory(session, row)
-            probe.os = inventory.os[:64]
-            probe.arch = inventory.arch[:32]
-            probe.kernel = inventory.kernel[:255]
-            probe.cpus = inventory.cpus
-            probe.mem_total_bytes = inventory.mem_total_bytes
-            probe.disk_total_bytes = sum(disk.total_bytes for disk in inventory.disks) or None
-            probe.inventory_collected_at = inventory.collected_at
-        return _views.inventory_read(row)
+            for probe_id, probe in (await self._store.probes(session, list(items), for_update=True)).items():
+                inventory, now = items[probe_id]
+                row = ProbeInventory(
+                    probe_id=probe_id, data=inventory.model_dump(mode="json"), collected_at=inventory.collected_at,
+                    received_at=now,
+                )  # fmt: skip
+                await self._store.put_inventory(session, row)
+                probe.os = inventory.os[:64]
+                probe.arch = inventory.arch[:32]
+                probe.kernel = inventory.kernel[:255]
+                probe.cpus = inventory.cpus
+                probe.mem_total_bytes = inventory.mem_total_bytes
+                probe.disk_total_bytes = sum(disk.total_bytes for disk in inventory.disks) or None
+                probe.inventory_collected_at = inventory.collected_at
+                results[probe_id] = _views.inventory_read(row)
+        return results
 
     async def sweep(self, *, offline_after: timedelta) -> list[str]:
         now = self._clock()
         transitions: list[_Transition] = []
         async with self._db.write() as session:
             stale = await self._store.stale_live_probes(session, seen_before=now - offline_after)
+            # A probe whose connection delivered a frame lately is alive: its heartbeat waits for the writer.
+            silent = offline_after.total_seconds()
+            stale = [row for row in stale if not self._heard_within(row[0], silent)]
             await self._store.mark_offline(session, [probe_id for probe_id, _, _ in stale], now)
             reason = f"no heartbeat for more than {offline_after.total_seconds():g}s"
             transitions = [

@@ -8,7 +8,7 @@ and write no audit record.
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
@@ -83,6 +83,13 @@ class ProbeLink(Protocol):
         """Whether the probe has a live connection to this process."""
         ...
 
+    def heard_within(self, probe_id: str, seconds: float) -> bool:
+        """Whether the probe's live connection here delivered a frame in the last ``seconds``.
+
+        This is fresher than ``last_seen_at`` in the database, which lags while heartbeats queue for the writer.
+        """
+        ...
+
     async def disconnect(self, probe_id: str, *, code: int, reason: str) -> None:
         """Close the probe's connection with WebSocket close ``code``, if it has one here."""
         ...
@@ -138,7 +145,7 @@ class FleetService:
         )  # fmt: skip
         self._presence = Presence(
             database=database, audit=audit, events=events, store=self._store, clock=clock, timing=self._timing,
-            is_connected=self.is_connected, disconnect=self._disconnect,
+            is_connected=self.is_connected, heard_within=self._heard_within, disconnect=self._disconnect,
         )  # fmt: skip
 
     def attach_link(self, link: ProbeLink | None) -> None:
@@ -148,6 +155,9 @@ class FleetService:
     def is_connected(self, probe_id: str) -> bool:
         """Whether the probe has a live connection to this process (``False`` without a link)."""
         return self._link is not None and self._link.is_connected(probe_id)
+
+    def _heard_within(self, probe_id: str, seconds: float) -> bool:
+        return self._link is not None and self._link.heard_within(probe_id, seconds)
 
     async def _disconnect(self, probe_id: str, code: int, reason: str) -> bool:
         if self._link is None or not self._link.is_connected(probe_id):
@@ -291,6 +301,20 @@ class FleetService:
             probe_id=probe_id, generation=generation, key_id=self.keyring.key_id(probe_id, generation)
         )
 
+    async def signing_identities(self, probe_ids: Sequence[str]) -> dict[str, SigningIdentity]:
+        """:meth:`signing_identity` for many probes in one read; probes that do not exist are left out."""
+        async with self._db.read() as session:
+            keys = await self._store.key_generations(session, probe_ids)
+        # As _signing_generation: the previous generation while a rotation awaits delivery.
+        generations = {
+            probe_id: previous if pending and previous is not None else current
+            for probe_id, (current, pending, previous) in keys.items()
+        }
+        return {
+            probe_id: SigningIdentity(probe_id=probe_id, generation=gen, key_id=self.keyring.key_id(probe_id, gen))
+            for probe_id, gen in generations.items()
+        }
+
     @staticmethod
     def _signing_generation(probe: Probe) -> int:
         if probe.key_rotation_pending and probe.previous_key_generation is not None:
@@ -337,6 +361,27 @@ class FleetService:
         """
         async with self._db.read() as session:
             return self._read(await self._require(session, probe_id))
+
+    async def get_probes(self, probe_ids: Sequence[str]) -> list[ProbeRead]:
+        """The probes with these ids, in the order given (repeats dropped), in one read.
+
+        Raises:
+            NotFound: If any of them does not exist.
+        """
+        now = self._clock()
+        async with self._db.read() as session:
+            rows = await self._store.probes(session, probe_ids)
+        missing = [probe_id for probe_id in probe_ids if probe_id not in rows]
+        if missing:
+            raise NotFound(f"probe {missing[0]} not found", details={"probe_id": missing[0]})
+        return [self._read(rows[probe_id], now) for probe_id in dict.fromkeys(probe_ids)]
+
+    async def with_policy(self, policy_id: str) -> list[ProbeRead]:
+        """Every probe that has policy template ``policy_id`` applied, ordered by id."""
+        now = self._clock()
+        async with self._db.read() as session:
+            rows = await self._store.probes_with_policy(session, policy_id)
+        return [self._read(row, now) for row in rows]
 
     async def count_with_policy(self, policy_id: str) -> int:
         """How many probes have policy template ``policy_id`` applied."""

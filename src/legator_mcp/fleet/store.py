@@ -64,6 +64,36 @@ class FleetStore:
     async def probe(self, session: AsyncSession, probe_id: str, *, for_update: bool = False) -> Probe | None:
         return await session.get(Probe, probe_id, with_for_update=for_update or None)
 
+    async def probes(
+        self, session: AsyncSession, probe_ids: Sequence[str], *, for_update: bool = False
+    ) -> dict[str, Probe]:
+        """The probes of ``probe_ids`` that exist; with ``for_update`` locked in id order (no deadlocks)."""
+        found: dict[str, Probe] = {}
+        unique = sorted(set(probe_ids))
+        for start in range(0, len(unique), 500):  # SQLite caps bound parameters per statement
+            stmt = select(Probe).where(Probe.id.in_(unique[start : start + 500])).order_by(Probe.id)
+            if for_update:
+                stmt = stmt.with_for_update()
+            found.update((probe.id, probe) for probe in (await session.execute(stmt)).scalars())
+        return found
+
+    async def key_generations(
+        self, session: AsyncSession, probe_ids: Sequence[str]
+    ) -> dict[str, tuple[int, bool, int | None]]:
+        """``(key_generation, key_rotation_pending, previous_key_generation)`` per existing probe id."""
+        found: dict[str, tuple[int, bool, int | None]] = {}
+        unique = list(dict.fromkeys(probe_ids))
+        for start in range(0, len(unique), 500):  # SQLite caps bound parameters per statement
+            stmt = select(
+                Probe.id, Probe.key_generation, Probe.key_rotation_pending, Probe.previous_key_generation
+            ).where(Probe.id.in_(unique[start : start + 500]))
+            found.update((row[0], (row[1], row[2], row[3])) for row in (await session.execute(stmt)).all())
+        return found
+
+    async def probes_with_policy(self, session: AsyncSession, policy_id: str) -> Sequence[Probe]:
+        stmt = select(Probe).where(Probe.policy_id == policy_id).order_by(Probe.id)
+        return (await session.execute(stmt)).scalars().all()
+
     async def probe_exists(self, session: AsyncSession, probe_id: str) -> bool:
         return (await session.execute(select(Probe.id).where(Probe.id == probe_id))).first() is not None
 

@@ -5,23 +5,29 @@ audit trail apply to each host exactly as for a single command: allowed targets 
 wait together for ONE approval (:meth:`CommandFlow.queue_many`), denied targets are recorded and reported,
 and targets that are not connected are reported as ``offline`` without anything being sent.
 
-Persistence: each target's run is still recorded by :class:`~legator_mcp.commands.service.CommandService`
-(one write when it is sent and one when its result arrives). Batching those writes is left for later.
+Persistence is batched, so the hot path has no per-host round trip: every target is evaluated with one
+classification and one read of the templates; the denied, the queued and each wave of allowed targets are
+recorded (runs and audit events) in one transaction per group and signed with one read of the signing keys;
+results are written by group commit (:meth:`~legator_mcp.commands.service.CommandService.record_result`), a
+transaction per batch of results that arrive together. A result is committed before its waiter sees it, so
+``wait=True`` returns durable results.
 """
 
+import math
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import BaseModel, ConfigDict, Field
 
-from legator_mcp.commands.schemas import CommandRunRead
-from legator_mcp.commands.service import new_request_id
-from legator_mcp.errors import InvalidRequest, LegatorError, PermissionDenied, ProbeUnavailable
+from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
+from legator_mcp.errors import InvalidRequest, LegatorError, PermissionDenied
 from legator_mcp.fleet.schemas import ProbeRead
 from legator_mcp.fleet.service import FleetService
-from legator_mcp.flows.run_command import CommandFlow, CommandRequest
+from legator_mcp.flows.run_command import CommandFlow, CommandRequest, Target
 from legator_mcp.policy.schemas import Decision
 from legator_mcp.principal import Permission, Principal
 
@@ -130,10 +136,12 @@ def summarise(results: Sequence[TargetResult]) -> FanOutSummary:
 
 
 def _from_run(probe: ProbeRead, run: CommandRunRead) -> TargetResult:
+    # A probe that went away between the check and the send is reported like one that was away all along.
+    unreachable = run.status is CommandStatus.ERROR and run.error_code == "probe_unavailable" and run.exit_code is None
     return TargetResult(
-        probe_id=probe.id, hostname=probe.hostname, status=run.status.value, exit_code=run.exit_code,
-        stdout=run.stdout, stderr=run.stderr, duration_ms=run.duration_ms, truncated=run.truncated,
-        request_id=run.request_id, error_code=run.error_code, approval_id=run.approval_id,
+        probe_id=probe.id, hostname=probe.hostname, status="offline" if unreachable else run.status.value,
+        exit_code=run.exit_code, stdout=run.stdout, stderr=run.stderr, duration_ms=run.duration_ms,
+        truncated=run.truncated, request_id=run.request_id, error_code=run.error_code, approval_id=run.approval_id,
     )  # fmt: skip
 
 
@@ -178,7 +186,7 @@ class FanOutFlow:
         if targets.probe_ids is None and targets.tag is None and targets.selector is None:
             raise InvalidRequest("give probe_ids, a tag or a label selector", details={"field": "targets"})
         if targets.probe_ids is not None:
-            probes = [await self._fleet.get_probe(probe_id) for probe_id in dict.fromkeys(targets.probe_ids)]
+            probes = await self._fleet.get_probes(targets.probe_ids)
         elif targets.tag is not None:
             probes = await self._fleet.by_tag(targets.tag)
         else:
@@ -244,29 +252,36 @@ class FanOutFlow:
             raise InvalidRequest("canary and max_errors need wait=true (they depend on results)")
         probes = await self.resolve(targets)
         state = _Run(len(probes), on_result, max_errors)
-        allowed: list[ProbeRead] = []
-        denied: list[ProbeRead] = []
-        queued: list[ProbeRead] = []
+        live: list[ProbeRead] = []
         for probe in probes:
-            if not self._links.is_connected(probe.id):
+            if self._links.is_connected(probe.id):
+                live.append(probe)
+            else:
                 await state.record(
                     TargetResult(probe_id=probe.id, hostname=probe.hostname, status="offline",
                                  error_code="probe_offline")
                 )  # fmt: skip
-                continue
-            decision = await self._flow.evaluate(actor=actor, probe_id=probe.id, request=request)
-            {Decision.ALLOW: allowed, Decision.DENY: denied, Decision.QUEUE: queued}[decision.decision].append(probe)
-        for probe in denied:
-            await self._run_one(actor, probe, request, wait=False, state=state)
-        approval_id = await self._queue(actor, queued, request, state)
+        decisions = await self._flow.evaluate_many(actor=actor, probes=live, request=request)
+        grouped: dict[Decision, list[Target]] = {outcome: [] for outcome in Decision}
+        for probe, decision in zip(live, decisions, strict=True):
+            grouped[decision.decision].append((probe, decision))
+        denied = await self._flow.record_denied(actor=actor, targets=grouped[Decision.DENY], request=request)
+        await self._record_runs(grouped[Decision.DENY], denied, state)
+        queued = await self._flow.queue_targets(actor=actor, targets=grouped[Decision.QUEUE], request=request)
+        await self._record_runs(grouped[Decision.QUEUE], queued, state)
+        allowed = grouped[Decision.ALLOW]
         if wait:
             first, rest = allowed[:canary], allowed[canary:]
-            await self._batch(actor, first, request, state, max_concurrency)
-            if first and any(state.results[p.id].failed for p in first):
+            await self._window(actor, first, request, state, max_concurrency)
+            if first and any(state.results[probe.id].failed for probe, _ in first):
                 state.stopped = True
-            await self._batch(actor, rest, request, state, max_concurrency)
+            await self._window(actor, rest, request, state, max_concurrency)
         else:
-            await self._batch(actor, allowed, request, state, max_concurrency, wait=False)
+            for start in range(0, len(allowed), max_concurrency):
+                wave = allowed[start : start + max_concurrency]
+                await self._record_runs(
+                    wave, await self._flow.start_many(actor=actor, targets=wave, request=request), state
+                )
         not_run = [p for p in probes if p.id not in state.results]
         for probe in not_run:
             await state.record(TargetResult(probe_id=probe.id, hostname=probe.hostname, status="not_run"))
@@ -276,72 +291,79 @@ class FanOutFlow:
             results=results,
             summary=summarise(results),
             stopped_early=bool(not_run),
-            approval_id=approval_id,
+            approval_id=next((run.approval_id for run in queued if run.approval_id), None),
         )
 
-    async def _queue(
-        self, actor: Principal, queued: list[ProbeRead], request: CommandRequest, state: _Run
-    ) -> str | None:
-        if not queued:
-            return None
-        by_id = {p.id: p for p in queued}
-        runs = await self._flow.queue_many(actor=actor, probe_ids=list(by_id), request=request)
-        approval_id: str | None = None
-        for run in runs:
-            approval_id = approval_id or run.approval_id
-            await state.record(_from_run(by_id[run.probe_id], run))
-        return approval_id
+    async def _record_runs(self, targets: Sequence[Target], runs: Sequence[CommandRunRead], state: _Run) -> None:
+        for (probe, _), run in zip(targets, runs, strict=True):
+            await state.record(_from_run(probe, run))
 
-    async def _batch(
-        self,
-        actor: Principal,
-        probes: list[ProbeRead],
-        request: CommandRequest,
-        state: _Run,
-        max_concurrency: int,
-        *,
-        wait: bool = True,
+    async def _window(
+        self, actor: Principal, targets: list[Target], request: CommandRequest, state: _Run, max_concurrency: int
     ) -> None:
-        slots = anyio.Semaphore(max_concurrency)
+        """Keep up to ``max_concurrency`` commands in flight until every target ran or the error budget is spent.
 
-        async def one(probe: ProbeRead) -> None:
-            try:
-                await self._run_one(actor, probe, request, wait=wait, state=state)
-            finally:
-                slots.release()
-
-        async with anyio.create_task_group() as tg:
-            for probe in probes:
-                await slots.acquire()
-                if state.over_budget:
-                    slots.release()
-                    break
-                tg.start_soon(one, probe)
-
-    async def _run_one(
-        self, actor: Principal, probe: ProbeRead, request: CommandRequest, *, wait: bool, state: _Run
-    ) -> None:
-        request_id = new_request_id()
+        Free slots are filled together: each wave of targets is recorded and dispatched in one go
+        (:meth:`CommandFlow.start_many`), and results that complete together free their slots together.
+        """
+        pending = deque(targets)
+        in_flight: set[str] = set()
+        free = max_concurrency
+        done, freed = anyio.create_memory_object_stream[None](math.inf)
         try:
-            run = await self._flow.run(
-                actor=actor, probe_id=probe.id, request=request.model_copy(update={"request_id": request_id}),
-                wait=wait,
-            )  # fmt: skip
-        except ProbeUnavailable:
-            result = TargetResult(
-                probe_id=probe.id, hostname=probe.hostname, status="offline", request_id=request_id,
-                error_code="probe_unavailable",
-            )  # fmt: skip
-        except LegatorError as exc:
-            # One target's failure (its probe was deleted meanwhile, …) is that target's result, not the fan-out's.
-            result = TargetResult(
-                probe_id=probe.id, hostname=probe.hostname, status="error", request_id=request_id, error_code=exc.code
-            )
+            async with done, freed, anyio.create_task_group() as tg:
+                while pending and not state.over_budget:
+                    if free == 0:
+                        await freed.receive()
+                        free += 1
+                        while True:
+                            try:
+                                freed.receive_nowait()
+                            except anyio.WouldBlock:
+                                break
+                            free += 1
+                        continue
+                    wave = [pending.popleft() for _ in range(min(free, len(pending)))]
+                    free -= len(wave)
+                    runs: list[CommandRunRead] = []
+                    # Shielded so every command sent is known here before a cancellation can land.
+                    with anyio.CancelScope(shield=True):
+                        runs = await self._flow.start_many(actor=actor, targets=wave, request=request)
+                        in_flight.update(r.request_id for r in runs if r.status is CommandStatus.DISPATCHED)
+                    for (probe, _), run in zip(wave, runs, strict=True):
+                        if run.status is CommandStatus.DISPATCHED:
+                            tg.start_soon(self._finish, probe, run, state, in_flight, done.clone())
+                        else:
+                            await state.record(_from_run(probe, run))
+                            free += 1
         except anyio.get_cancelled_exc_class():
-            # The caller went away (MCP cancellation, shutdown): stop the command on the probe as well.
+            # The caller went away (MCP cancellation, shutdown): stop the commands on the probes as well.
             with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_GRACE_S):
-                await self._flow.cancel_if_running(actor=actor, request_id=request_id)
+                async with anyio.create_task_group() as cancelling:
+                    for request_id in sorted(in_flight):
+                        cancelling.start_soon(self._cancel, actor, request_id)
             raise
-        else:
-            result = _from_run(probe, run)
-        await state.record(result)
+
+    async def _cancel(self, actor: Principal, request_id: str) -> None:
+        await self._flow.cancel_if_running(actor=actor, request_id=request_id)
+
+    async def _finish(
+        self,
+        probe: ProbeRead,
+        run: CommandRunRead,
+        state: _Run,
+        in_flight: set[str],
+        done: MemoryObjectSendStream[None],
+    ) -> None:
+        async with done:
+            try:
+                result = _from_run(probe, await self._flow.finish(run))
+            except LegatorError as exc:
+                # One target's failure (its run vanished meanwhile, …) is that target's result, not the fan-out's.
+                result = TargetResult(
+                    probe_id=probe.id, hostname=probe.hostname, status="error", request_id=run.request_id,
+                    error_code=exc.code,
+                )  # fmt: skip
+            in_flight.discard(run.request_id)
+            await state.record(result)
+            done.send_nowait(None)

@@ -4,16 +4,17 @@ Every surface that runs a command (REST, MCP tools, jobs, fan-out, packs) goes t
 so the policy gate and the audit trail cannot be skipped.
 """
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeAlias
 
 from pydantic import BaseModel
 
 from legator_mcp.approval.schemas import ApprovalRead
 from legator_mcp.approval.service import ApprovalService
 from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
-from legator_mcp.commands.service import CommandService, new_request_id, payload_digest
-from legator_mcp.errors import InvalidRequest, NotFound, PermissionDenied, ProbeUnavailable
+from legator_mcp.commands.service import CommandService, NewRun, new_request_id, payload_digest
+from legator_mcp.errors import InvalidRequest, LegatorError, NotFound, PermissionDenied, ProbeUnavailable
+from legator_mcp.fleet.schemas import ProbeRead
 from legator_mcp.fleet.service import FleetService
 from legator_mcp.policy.schemas import Decision, PolicyDecision
 from legator_mcp.policy.service import PolicyService
@@ -21,13 +22,18 @@ from legator_mcp.principal import Permission, Principal
 from legator_probe.protocol import COMMAND_PAYLOAD_ADAPTER, CommandPayload
 from legator_probe.protocol.commands import DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_TIMEOUT_S
 
-__all__ = ["CommandFlow", "CommandRequest", "ProbeDispatcher", "Progress"]
+__all__ = ["CommandFlow", "CommandRequest", "ProbeDispatcher", "Progress", "Target"]
 
 Progress = Callable[[float, float | None, str], Awaitable[None]]
 """``(progress, total, message)`` callback for long waits (MCP progress notifications)."""
 
 RESULT_GRACE_S = 5.0
 """How much longer than the command's own timeout a waiter waits for the probe's result."""
+
+Target: TypeAlias = tuple[ProbeRead, PolicyDecision]
+"""A probe and the policy decision for running a command there (from :meth:`CommandFlow.evaluate_many`)."""
+
+_RISKS = ["low", "medium", "high", "critical"]
 
 
 class ProbeDispatcher(Protocol):
@@ -36,6 +42,8 @@ class ProbeDispatcher(Protocol):
     def signed_fields(self, probe_id: str) -> dict[str, Any]: ...
 
     async def dispatch(self, command: CommandPayload) -> None: ...
+
+    async def dispatch_many(self, commands: Sequence[CommandPayload]) -> dict[str, LegatorError]: ...
 
     async def wait(self, request_id: str, *, timeout: float) -> CommandRunRead | None: ...
 
@@ -99,6 +107,12 @@ class CommandFlow:
         except ValueError as exc:
             raise InvalidRequest(f"invalid {request.kind} command: {exc}".splitlines()[0][:300]) from exc
 
+    def _require_exec(self, actor: Principal) -> None:
+        if not actor.has(Permission.COMMAND_EXEC):
+            raise PermissionDenied(
+                "running commands needs command:exec", details={"required_permission": "command:exec"}
+            )
+
     async def evaluate(self, *, actor: Principal, probe_id: str, request: CommandRequest) -> PolicyDecision:
         """Answer "what would happen if I ran this there?" without running anything.
 
@@ -114,6 +128,22 @@ class CommandFlow:
             policy_id=probe.policy_id,
             kind=command.kind,
             spec=command.spec.model_dump(mode="json"),
+            target=probe,
+        )
+
+    async def evaluate_many(
+        self, *, actor: Principal, probes: Sequence[ProbeRead], request: CommandRequest
+    ) -> list[PolicyDecision]:
+        """:meth:`evaluate` for many probes at once (one classification, one read of their templates).
+
+        Raises:
+            InvalidRequest: If the command does not validate.
+        """
+        if not probes:
+            return []
+        command = self._payload(probes[0].id, request)
+        return await self._policy.evaluate_many(
+            principal=actor, targets=probes, kind=command.kind, spec=command.spec.model_dump(mode="json")
         )
 
     async def run(
@@ -137,10 +167,7 @@ class CommandFlow:
             InvalidRequest: If the command does not validate.
             ProbeUnavailable: If the probe is not connected (the run is recorded as failed).
         """
-        if not actor.has(Permission.COMMAND_EXEC):
-            raise PermissionDenied(
-                "running commands needs command:exec", details={"required_permission": "command:exec"}
-            )
+        self._require_exec(actor)
         probe = await self._fleet.get_probe(probe_id)
         command = self._payload(probe.id, request)
         decision = await self._policy.evaluate(
@@ -149,13 +176,14 @@ class CommandFlow:
             policy_id=probe.policy_id,
             kind=command.kind,
             spec=command.spec.model_dump(mode="json"),
+            target=probe,
         )
         if decision.decision is Decision.DENY:
             return await self._commands.create(
                 actor=actor, command=command, decision=decision, status=CommandStatus.DENIED
             )
         if decision.decision is Decision.QUEUE:
-            return await self._queue(actor=actor, probe_hostname=probe.hostname, command=command, decision=decision)
+            return (await self._queue_set(actor=actor, queued=[(probe, command, decision)]))[0]
         run = await self._commands.create(
             actor=actor, command=command, decision=decision, status=CommandStatus.DISPATCHED
         )
@@ -171,31 +199,78 @@ class CommandFlow:
             return run
         if progress is not None:
             await progress(0, None, f"dispatched {command.kind} to {probe.hostname}")
-        finished = await self._hub.wait(command.request_id, timeout=command.timeout_s + RESULT_GRACE_S)
+        return await self.finish(run)
+
+    async def finish(self, run: CommandRunRead) -> CommandRunRead:
+        """Wait for a dispatched run's result (its timeout plus a grace period); past that it is ``timeout``."""
+        if not self._hub.is_tracking(run.request_id):
+            # Its result already came in (and is stored) before anyone waited for it.
+            return await self._commands.get(run.request_id)
+        limit = run.timeout_s + RESULT_GRACE_S
+        finished = await self._hub.wait(run.request_id, timeout=limit)
         if finished is None:
             finished = await self._hub.expire(
-                command.request_id, status=CommandStatus.TIMEOUT, error_code="result_timeout",
-                error=f"no result from the probe within {command.timeout_s + RESULT_GRACE_S:.0f}s",
+                run.request_id, status=CommandStatus.TIMEOUT, error_code="result_timeout",
+                error=f"no result from the probe within {limit:.0f}s",
             )  # fmt: skip
-        return finished or await self._commands.get(command.request_id)
+        return finished or await self._commands.get(run.request_id)
 
-    async def _queue(
-        self, *, actor: Principal, probe_hostname: str, command: CommandPayload, decision: PolicyDecision
-    ) -> CommandRunRead:
-        action = _action(command)
-        approval = await self._approvals.request(
-            requester=actor,
-            probe_ids=[command.probe_id],
-            action=action,
-            risk=decision.risk,
-            summary=f"{command.kind} on {probe_hostname} needs approval (risk {decision.risk})",
-            policy=decision.model_dump(mode="json"),
+    def _commands_for(self, targets: Sequence[Target], request: CommandRequest) -> list[CommandPayload]:
+        """A fresh payload (own request id, nonce and expiry) per target."""
+        fresh = request.model_copy(update={"request_id": None})
+        return [self._payload(probe.id, fresh) for probe, _ in targets]
+
+    async def record_denied(
+        self, *, actor: Principal, targets: Sequence[Target], request: CommandRequest
+    ) -> list[CommandRunRead]:
+        """Record ``request`` as ``denied`` on targets policy denied (one transaction; nothing is sent).
+
+        Raises:
+            PermissionDenied: If ``actor`` lacks ``command:exec``.
+            InvalidRequest: If the command does not validate.
+        """
+        self._require_exec(actor)
+        commands = self._commands_for(targets, request)
+        runs = [
+            NewRun(command, decision, CommandStatus.DENIED)
+            for command, (_, decision) in zip(commands, targets, strict=True)
+        ]
+        return await self._commands.create_many(actor=actor, runs=runs) if runs else []
+
+    async def start_many(
+        self, *, actor: Principal, targets: Sequence[Target], request: CommandRequest
+    ) -> list[CommandRunRead]:
+        """Record and dispatch ``request`` on targets policy allowed: one transaction for every run and its audit
+        event, one read of the signing keys, then each is signed and sent. Wait for each with :meth:`finish`.
+
+        Returns:
+            One run per target, in order: ``dispatched``, or ``error`` (``probe_unavailable`` or ``not_found``)
+            when it could not be sent.
+
+        Raises:
+            PermissionDenied: If ``actor`` lacks ``command:exec``.
+            InvalidRequest: If the command does not validate.
+        """
+        self._require_exec(actor)
+        if not targets:
+            return []
+        commands = self._commands_for(targets, request)
+        runs = await self._commands.create_many(
+            actor=actor,
+            runs=[
+                NewRun(command, decision, CommandStatus.DISPATCHED)
+                for command, (_, decision) in zip(commands, targets, strict=True)
+            ],
         )
-        run = await self._commands.create(
-            actor=actor, command=command, decision=decision, status=CommandStatus.PENDING_APPROVAL,
-            approval_id=approval.id, approval_sha256=approval.payload_sha256,
-        )  # fmt: skip
-        return run.model_copy(update={"approval_expires_at": approval.expires_at})
+        failed = await self._hub.dispatch_many(commands)
+        for index, run in enumerate(runs):
+            exc = failed.get(run.request_id)
+            if exc is not None:
+                code = "probe_unavailable" if isinstance(exc, ProbeUnavailable) else exc.code
+                runs[index] = await self._commands.fail(
+                    request_id=run.request_id, status=CommandStatus.ERROR, error_code=code, error=exc.message
+                ) or await self._commands.get(run.request_id)  # fmt: skip
+        return runs
 
     async def queue_many(
         self, *, actor: Principal, probe_ids: list[str], request: CommandRequest
@@ -211,49 +286,57 @@ class CommandFlow:
             NotFound: If a probe does not exist.
             InvalidRequest: If the command does not validate or ``probe_ids`` is empty or repeats a probe.
         """
-        if not actor.has(Permission.COMMAND_EXEC):
-            raise PermissionDenied(
-                "running commands needs command:exec", details={"required_permission": "command:exec"}
-            )
+        self._require_exec(actor)
         if not probe_ids or len(set(probe_ids)) != len(probe_ids):
             raise InvalidRequest("probe_ids must be distinct and non-empty", details={"field": "probe_ids"})
-        runs: list[CommandRunRead] = []
-        queued: list[tuple[CommandPayload, PolicyDecision]] = []
-        for probe_id in probe_ids:
-            probe = await self._fleet.get_probe(probe_id)
-            command = self._payload(probe.id, request.model_copy(update={"request_id": None}))
-            decision = await self._policy.evaluate(
-                principal=actor, probe_level=probe.policy_level, policy_id=probe.policy_id, kind=command.kind,
-                spec=command.spec.model_dump(mode="json"),
-            )  # fmt: skip
-            if decision.decision is Decision.DENY:
-                runs.append(
-                    await self._commands.create(
-                        actor=actor, command=command, decision=decision, status=CommandStatus.DENIED
-                    )
-                )
-            else:
-                queued.append((command, decision))
-        if not queued:
-            return runs
-        first, first_decision = queued[0]
-        risks = ["low", "medium", "high", "critical"]
-        risk = max((d.risk for _, d in queued), key=lambda r: risks.index(r) if r in risks else len(risks))
+        probes = await self._fleet.get_probes(probe_ids)
+        decisions = await self.evaluate_many(actor=actor, probes=probes, request=request)
+        targets = list(zip(probes, decisions, strict=True))
+        denied = [t for t in targets if t[1].decision is Decision.DENY]
+        queued = [t for t in targets if t[1].decision is not Decision.DENY]
+        runs = await self.record_denied(actor=actor, targets=denied, request=request)
+        return runs + await self.queue_targets(actor=actor, targets=queued, request=request)
+
+    async def queue_targets(
+        self, *, actor: Principal, targets: Sequence[Target], request: CommandRequest
+    ) -> list[CommandRunRead]:
+        """Queue ``request`` on targets policy queued, under ONE approval request; their runs are recorded in one
+        transaction. Approving it dispatches every one of them once (:meth:`execute_approved`).
+
+        Raises:
+            PermissionDenied: If ``actor`` lacks ``command:exec``.
+            InvalidRequest: If the command does not validate.
+        """
+        self._require_exec(actor)
+        if not targets:
+            return []
+        commands = self._commands_for(targets, request)
+        queued = [(probe, command, decision) for command, (probe, decision) in zip(commands, targets, strict=True)]
+        return await self._queue_set(actor=actor, queued=queued)
+
+    async def _queue_set(
+        self, *, actor: Principal, queued: Sequence[tuple[ProbeRead, CommandPayload, PolicyDecision]]
+    ) -> list[CommandRunRead]:
+        """One approval for every queued command, and their runs recorded in one transaction."""
+        probe, first, first_decision = queued[0]
+        risk = max((d.risk for _, _, d in queued), key=lambda r: _RISKS.index(r) if r in _RISKS else len(_RISKS))
+        where = probe.hostname if len(queued) == 1 else f"{len(queued)} probe(s)"
         approval = await self._approvals.request(
             requester=actor,
-            probe_ids=[command.probe_id for command, _ in queued],
+            probe_ids=[command.probe_id for _, command, _ in queued],
             action=_action(first),
             risk=risk,
-            summary=f"{first.kind} on {len(queued)} probe(s) needs approval (risk {risk})",
+            summary=f"{first.kind} on {where} needs approval (risk {risk})",
             policy=first_decision.model_dump(mode="json"),
         )
-        for command, decision in queued:
-            run = await self._commands.create(
-                actor=actor, command=command, decision=decision, status=CommandStatus.PENDING_APPROVAL,
-                approval_id=approval.id, approval_sha256=approval.payload_sha256,
-            )  # fmt: skip
-            runs.append(run.model_copy(update={"approval_expires_at": approval.expires_at}))
-        return runs
+        runs = await self._commands.create_many(
+            actor=actor,
+            runs=[
+                NewRun(command, decision, CommandStatus.PENDING_APPROVAL, approval.id, approval.payload_sha256)
+                for _, command, decision in queued
+            ],
+        )
+        return [run.model_copy(update={"approval_expires_at": approval.expires_at}) for run in runs]
 
     async def execute_approved(self, approval: ApprovalRead) -> None:
         """Run the commands an approval released, exactly as they were queued (the approval hook).
@@ -261,7 +344,8 @@ class CommandFlow:
         The approval is consumed once, checked against the digest recorded when it was queued; then the released
         action is checked again against each waiting command run's own digest and target. A mismatch anywhere
         means the stored request was altered after it was queued, and that run does not run. One approval may
-        cover several runs (a fan-out's queued set, see :meth:`queue_many`): every one of them is dispatched.
+        cover several runs (a fan-out's queued set, see :meth:`queue_targets`): every one of them is dispatched,
+        recorded in one transaction.
         """
         waiting = [
             (run, payload_sha256, approval_sha256)
@@ -277,6 +361,7 @@ class CommandFlow:
         )
         action = released.action
         targets = set(released.probe_ids)
+        intact: list[CommandRunRead] = []
         for run, payload_sha256, approval_sha256 in waiting:
             digest = payload_digest(
                 probe_id=run.probe_id, kind=str(action.get("kind")), spec=action.get("spec", {}),
@@ -287,17 +372,23 @@ class CommandFlow:
                     request_id=run.request_id, status=CommandStatus.DENIED, error_code="approval_tampered",
                     error="the approved action differs from the queued command; it was not run",
                 )  # fmt: skip
-                continue
-            command = COMMAND_PAYLOAD_ADAPTER.validate_python(
+            else:
+                intact.append(run)
+        moved = await self._commands.mark_dispatched(
+            request_ids=[run.request_id for run in intact], actor=f"approval:{approval.id}"
+        )
+        commands = [
+            COMMAND_PAYLOAD_ADAPTER.validate_python(
                 {**action, "request_id": run.request_id, **self._hub.signed_fields(run.probe_id)}
             )
-            await self._commands.mark_dispatched(request_id=run.request_id, actor=f"approval:{approval.id}")
-            try:
-                await self._hub.dispatch(command)
-            except ProbeUnavailable:
+            for run in moved
+        ]
+        failed = await self._hub.dispatch_many(commands)
+        for command in commands:
+            if command.request_id in failed:
                 await self._commands.fail(
-                    request_id=run.request_id, status=CommandStatus.ERROR, error_code="probe_unavailable",
-                    error=f"approved, but probe {run.probe_id} is not connected",
+                    request_id=command.request_id, status=CommandStatus.ERROR, error_code="probe_unavailable",
+                    error=f"approved, but probe {command.probe_id} is not connected",
                 )  # fmt: skip
 
     async def _settle_pending(self, run: CommandRunRead) -> CommandRunRead:

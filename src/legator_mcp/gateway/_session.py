@@ -13,9 +13,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from legator_mcp.app_context import AppContext
 from legator_mcp.db.base import utcnow
-from legator_mcp.errors import NotFound
+from legator_mcp.errors import NotFound, ProbeUnavailable
 from legator_mcp.fleet.schemas import ProbeRead
 from legator_mcp.fleet.service import CLOSE_PROBE_DELETED
+from legator_mcp.gateway.hub import LARGE_FRAME_BYTES
 from legator_probe.protocol import (
     CLOSE_POLICY_VIOLATION,
     CommandResultMessage,
@@ -43,6 +44,10 @@ logger = logging.getLogger("legator.gateway")
 
 CLOSE_TRY_AGAIN_LATER = 1013
 """WebSocket close code: the server is overloaded (a slow consumer, or shutting down)."""
+
+
+HELLO_TIMEOUT_S = 30.0
+"""How long an admitted connection may take to send its ``hello``."""
 
 
 class _RateLimit:
@@ -93,13 +98,37 @@ class ProbeSession:
         self._close_code = 1000
         self._close_reason = ""
         self.registered = False
+        self._handshaking = True
+        self._last_frame = time.monotonic()
+        self._reading: str | None = None
+        """The frame being handled, if any."""
 
     # -- called by the hub ------------------------------------------------------------------------------------
 
     async def send_signed(self, message: SignedMessage) -> None:
-        """Queue a signed instruction for the probe."""
+        """Queue a signed instruction for the probe.
+
+        Raises:
+            ProbeUnavailable: If the connection is already closing (the probe went away meanwhile).
+        """
+        if self._closing.is_set() or self._protocol.state >= State.CLOSING:
+            raise ProbeUnavailable(f"probe {self.probe_id} is disconnecting", details={"probe_id": self.probe_id})
         self._protocol.send_signed(message)
         self._flush()
+
+    def heard_within(self, seconds: float) -> bool:
+        """Whether a frame arrived in the last ``seconds``, or one is being handled now.
+
+        While the reader is busy with a frame (an inventory queued for the database), the probe's next frames
+        wait in the socket: the silence is ours, not the probe's.
+        """
+        return self._reading is not None or time.monotonic() - self._last_frame <= seconds
+
+    def end_handshake(self) -> None:
+        """Give back the admission slot this connection held while its handshake ran (once)."""
+        if self._handshaking:
+            self._handshaking = False
+            self._services.hub.handshake_finished()
 
     async def close(self, *, code: int, reason: str) -> None:
         """Ask the session to close the connection with ``code``."""
@@ -127,9 +156,11 @@ class ProbeSession:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._writer)
                 tg.start_soon(self._watch_close, tg.cancel_scope)
+                tg.start_soon(self._hello_deadline)
                 await self._reader()
                 tg.cancel_scope.cancel()
         finally:
+            self.end_handshake()
             self._protocol.receive_close()
             detached = hub.detach(self)
             self.done.set()
@@ -138,6 +169,13 @@ class ProbeSession:
                     await self._services.fleet.probe_disconnected(
                         probe_id=self.probe_id, reason=self._close_reason or "closed"
                     )
+
+    async def _hello_deadline(self) -> None:
+        # An admitted connection holds a handshake slot until its hello is handled; one that never says hello
+        # must not keep it (64 silent sockets would otherwise lock every other probe out).
+        await anyio.sleep(HELLO_TIMEOUT_S)
+        if self._handshaking:
+            await self.close(code=CLOSE_POLICY_VIOLATION, reason="no hello in time")
 
     async def _watch_close(self, scope: anyio.CancelScope) -> None:
         await self._closing.wait()
@@ -148,8 +186,8 @@ class ProbeSession:
         if self._ws.application_state is WebSocketState.CONNECTED:
             try:
                 await self._ws.close(code=self._close_code, reason=self._close_reason[:120])
-            except (RuntimeError, OSError):
-                pass
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass  # the probe is gone already
         scope.cancel()
 
     async def _writer(self) -> None:
@@ -164,7 +202,17 @@ class ProbeSession:
         finally:
             self._writer_done.set()
 
+    async def _receive(self, text: str) -> None:
+        self._reading = text
+        try:
+            self._protocol.receive_text(text)
+            await self._handle(self._protocol.events_received())
+        finally:
+            self._reading = None
+            self._last_frame = time.monotonic()
+
     async def _reader(self) -> None:
+        hub = self._services.hub
         while not self._closing.is_set():
             try:
                 message = await self._ws.receive()
@@ -173,6 +221,7 @@ class ProbeSession:
             if message["type"] == "websocket.disconnect":
                 self._close_reason = self._close_reason or "probe disconnected"
                 return
+            self._last_frame = time.monotonic()
             text = message.get("text")
             if text is None:
                 data = message.get("bytes") or b""
@@ -184,9 +233,13 @@ class ProbeSession:
                     self._protocol.close(CLOSE_POLICY_VIOLATION)
                 self._flush()
             else:
-                self._protocol.receive_text(text)
                 try:
-                    await self._handle(self._protocol.events_received())
+                    if len(text) >= LARGE_FRAME_BYTES:
+                        self._reading = text  # queued behind other large frames: still heard
+                        async with hub.large_frames:
+                            await self._receive(text)
+                    else:
+                        await self._receive(text)
                 except NotFound:
                     # The probe was deleted while connected: its credential is gone, so is the connection.
                     await self.close(code=CLOSE_PROBE_DELETED, reason="probe deleted")
@@ -262,5 +315,11 @@ class ProbeSession:
         self._flush()
         # Every (re)connection re-sends the probe its policy, signed, so a probe that missed an update converges,
         # and delivers a key rotation made while it was offline.
-        await services.policy.push(probe)
-        await services.fleet.deliver_pending_key_rotation(probe_id=self.probe_id)
+        try:
+            await services.policy.push(probe)
+            await services.fleet.deliver_pending_key_rotation(probe_id=self.probe_id)
+        except ProbeUnavailable:
+            # The probe hung up while its hello was being recorded; the next connection gets both again.
+            logger.info("probe %s left before its policy could be sent", self.probe_id)
+        finally:
+            self.end_handshake()

@@ -6,9 +6,8 @@ and is what the command flow dispatches through.
 
 import logging
 import secrets
-import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -19,10 +18,12 @@ from anyio.streams.memory import MemoryObjectSendStream
 from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
 from legator_mcp.commands.service import CommandService
 from legator_mcp.db.base import utcnow
-from legator_mcp.errors import ProbeUnavailable
+from legator_mcp.errors import LegatorError, NotFound, ProbeUnavailable
 from legator_mcp.fleet.keys import KeyRing
 from legator_mcp.fleet.schemas import ProbeRead
 from legator_mcp.fleet.service import FleetService
+from legator_mcp.gateway._admission import Admission
+from legator_mcp.policy.schemas import ProbeRules
 from legator_probe.protocol import (
     CancelMessage,
     CancelPayload,
@@ -53,6 +54,10 @@ INSTRUCTION_TTL = timedelta(seconds=120)
 
 _CHUNK_HISTORY = 2048
 
+LARGE_FRAME_BYTES = 16 * 1024
+"""Frames at least this long (inventories, big outputs) are processed at most ``LARGE_FRAME_CONCURRENCY`` at once."""
+LARGE_FRAME_CONCURRENCY = 8
+
 
 @dataclass
 class StreamItem:
@@ -75,27 +80,6 @@ class _Tracker:
     )
 
 
-class _Admission:
-    """A token bucket on new probe connections, so a reconnect storm is admitted at a bounded rate."""
-
-    def __init__(self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._rate = per_second
-        self._capacity = float(burst)
-        self._tokens = float(burst)
-        self._clock = clock
-        self._updated = clock()
-
-    def take(self) -> float:
-        """Take a token; return 0 when admitted, else the seconds to wait."""
-        now = self._clock()
-        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
-        self._updated = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return 0.0
-        return (1 - self._tokens) / self._rate
-
-
 class Hub:
     """Live probe sessions of this process and the commands in flight to them."""
 
@@ -107,6 +91,8 @@ class Hub:
         keyring: KeyRing,
         admit_per_second: float = 200.0,
         admit_burst: int = 500,
+        max_handshakes: int = 64,
+        handshake_queue_s: float = 10.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._fleet = fleet
@@ -116,13 +102,38 @@ class Hub:
         self._sessions: dict[str, ProbeSession] = {}
         self._trackers: dict[str, _Tracker] = {}
         self._by_envelope: dict[str, str] = {}
-        self._admission = _Admission(admit_per_second, admit_burst)
+        self._admission = Admission(
+            per_second=admit_per_second, burst=admit_burst, max_handshakes=max_handshakes,
+            queue_wait_s=handshake_queue_s,
+        )  # fmt: skip
+        self.large_frames = anyio.Semaphore(LARGE_FRAME_CONCURRENCY)
+        """Held while a large frame (an inventory) is parsed and stored: a reconnect storm of 10,000 probes would
+        otherwise hold 10,000 parsed inventories (~1 MB of objects each) at once."""
 
     # -- connections ------------------------------------------------------------------------------------------
 
-    def admit(self) -> float:
-        """Ask to admit one new probe connection; 0 means yes, otherwise retry after that many seconds."""
-        return self._admission.take()
+    @property
+    def admission_saturated(self) -> bool:
+        """Whether every handshake slot is taken right now (new connections queue for one)."""
+        return self._admission.saturated
+
+    async def admit(self) -> float:
+        """Admit one new probe connection: 0 means admitted, otherwise retry after that many seconds.
+
+        Waits (bounded) in a FIFO queue for a handshake slot, then takes a token from the rate bucket. An
+        admitted connection holds its slot until :meth:`handshake_finished`.
+        """
+        wait = await self._admission.wait_for_slot()
+        if wait > 0:
+            return wait
+        wait = self._admission.take_token()
+        if wait > 0:
+            self._admission.release_slot()
+        return wait
+
+    def handshake_finished(self) -> None:
+        """An admitted connection completed (or abandoned) its handshake: its slot goes to the next in line."""
+        self._admission.release_slot()
 
     async def attach(self, session: "ProbeSession") -> None:
         """Make ``session`` the live connection of its probe, closing any older one cleanly."""
@@ -153,6 +164,11 @@ class Hub:
         """Whether the probe has a live connection here."""
         return probe_id in self._sessions
 
+    def heard_within(self, probe_id: str, seconds: float) -> bool:
+        """Whether the probe's connection here delivered a frame in the last ``seconds``."""
+        session = self._sessions.get(probe_id)
+        return session is not None and session.heard_within(seconds)
+
     async def disconnect(self, probe_id: str, *, code: int, reason: str) -> None:
         """Close the probe's connection, if any, and wait (briefly) until it is gone."""
         session = self._sessions.get(probe_id)
@@ -178,8 +194,8 @@ class Hub:
         message = KeyRotationMessage(id=new_message_id(), ts=self._clock(), payload=payload)
         await self._send(probe.id, message, generation=identity.generation)
 
-    async def push_policy(self, probe: ProbeRead, *, path_allow: list[str], path_deny: list[str]) -> None:
-        """Send the probe its policy (level and path rules) as a signed ``policy_update``.
+    async def push_policy(self, probe: ProbeRead, *, rules: ProbeRules) -> None:
+        """Send the probe its policy (level, version, command patterns and path rules) as a signed ``policy_update``.
 
         Raises:
             ProbeUnavailable: If the probe is not connected.
@@ -189,8 +205,10 @@ class Hub:
             **self._signed_fields(probe.id),
             policy_id=probe.policy_id,
             level=probe.policy_level,
-            path_allow=path_allow,
-            path_deny=path_deny,
+            allow_patterns=rules.allow_patterns,
+            block_patterns=rules.block_patterns,
+            path_allow=rules.path_allow,
+            path_deny=rules.path_deny,
             version=probe.policy_version,
         )
         message = PolicyUpdateMessage(id=new_message_id(), ts=self._clock(), payload=payload)
@@ -214,12 +232,42 @@ class Hub:
         if command.probe_id not in self._sessions:
             raise ProbeUnavailable(f"probe {command.probe_id} is not connected", details={"probe_id": command.probe_id})
         identity = await self._fleet.signing_identity(command.probe_id)
+        await self._send_tracked(command, identity.generation)
+
+    async def dispatch_many(self, commands: Sequence[CommandPayload]) -> dict[str, LegatorError]:
+        """Sign, send and track several commands, reading every probe's signing identity at once.
+
+        Returns:
+            The commands that were not sent, by request id, with why: ``ProbeUnavailable`` (not connected
+            here) or ``NotFound`` (the probe was deleted meanwhile).
+        """
+        failed: dict[str, LegatorError] = {}
+        connected = [command for command in commands if command.probe_id in self._sessions]
+        identities = await self._fleet.signing_identities([c.probe_id for c in connected]) if connected else {}
+        for command in commands:
+            identity = identities.get(command.probe_id)
+            if command.probe_id not in self._sessions:
+                failed[command.request_id] = ProbeUnavailable(
+                    f"probe {command.probe_id} is not connected", details={"probe_id": command.probe_id}
+                )
+            elif identity is None:
+                failed[command.request_id] = NotFound(
+                    f"probe {command.probe_id} not found", details={"probe_id": command.probe_id}
+                )
+            else:
+                try:
+                    await self._send_tracked(command, identity.generation)
+                except ProbeUnavailable as exc:
+                    failed[command.request_id] = exc
+        return failed
+
+    async def _send_tracked(self, command: CommandPayload, generation: int) -> None:
         message = CommandMessage(id=new_message_id(), ts=self._clock(), payload=command)
         tracker = _Tracker(command.request_id, command.probe_id, message.id)
         self._trackers[command.request_id] = tracker
         self._by_envelope[message.id] = command.request_id
         try:
-            await self._send(command.probe_id, message, generation=identity.generation)
+            await self._send(command.probe_id, message, generation=generation)
         except ProbeUnavailable:
             self._forget(tracker)
             raise

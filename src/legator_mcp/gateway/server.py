@@ -19,6 +19,11 @@ def _deny(status: int, code: str, message: str, headers: dict[str, str] | None =
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+def _backoff(wait: float) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(wait)))}
+    return _deny(503, "backoff", "too many probes connecting; retry later", headers)
+
+
 async def _probe_socket(websocket: WebSocket) -> None:
     services: AppContext = websocket.app.state.services
     header = websocket.headers.get("authorization", "")
@@ -28,8 +33,25 @@ async def _probe_socket(websocket: WebSocket) -> None:
             _deny(401, "unauthorized", "send 'Authorization: Bearer <probe credential>'")
         )
         return
+    # Queue for a handshake slot before the credential is looked up: in a storm the database is busy enough.
+    wait = await services.hub.admit()
+    if wait > 0:
+        await websocket.send_denial_response(_backoff(wait))
+        return
+    session: ProbeSession | None = None
     try:
-        probe = await services.fleet.authenticate_probe(credential.strip())
+        session = await _authenticated_session(websocket, services, credential.strip())
+    finally:
+        if session is None:
+            services.hub.handshake_finished()
+    if session is not None:
+        await session.run()
+
+
+async def _authenticated_session(websocket: WebSocket, services: AppContext, credential: str) -> ProbeSession | None:
+    """Authenticate and accept the connection; ``None`` if it was refused (the refusal is sent and audited)."""
+    try:
+        probe = await services.fleet.authenticate_probe(credential)
     except Unauthenticated as exc:
         await services.audit.record(
             type="auth.probe_denied",
@@ -38,18 +60,11 @@ async def _probe_socket(websocket: WebSocket) -> None:
             detail={"remote": websocket.client.host if websocket.client else None, "reason": exc.message},
         )
         await websocket.send_denial_response(_deny(401, "unauthorized", "invalid probe credential"))
-        return
-    wait = services.hub.admit()
-    if wait > 0:
-        retry = max(1, round(wait))
-        await websocket.send_denial_response(
-            _deny(503, "backoff", "too many probes connecting; retry later", {"Retry-After": str(retry)})
-        )
-        return
+        return None
     await websocket.accept()
     session = ProbeSession(websocket, probe=probe, services=services)
     await services.hub.attach(session)
-    await session.run()
+    return session
 
 
 def probe_route() -> WebSocketRoute:

@@ -18,6 +18,7 @@ from legator_mcp.mcp.tools import commands as command_tools
 from legator_mcp.mcp.tools import fan_out as fan_out_tools
 from legator_mcp.mcp.tools import fleet as fleet_tools
 from legator_mcp.mcp.tools import identity as identity_tools
+from legator_mcp.mcp.tools import jobs as job_tools
 from legator_mcp.mcp.tools import policies as policy_tools
 from legator_mcp.principal import Permission, Principal
 
@@ -38,6 +39,7 @@ REGISTRARS: list[Callable[[McpRegistry], None]] = [
     command_tools.register,
     fan_out_tools.register,
     policy_tools.register,
+    job_tools.register,
 ]
 """Every tool/resource module; each contributes through its ``register(registry)``."""
 

@@ -10,6 +10,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field,
 from legator_probe.protocol.types import CapabilityLevel
 
 __all__ = [
+    "CapacitySignal",
+    "CapacityState",
     "Decision",
     "IndicatorRead",
     "PolicyApplied",
@@ -19,6 +21,7 @@ __all__ = [
     "PolicyTemplateList",
     "PolicyTemplateRead",
     "PolicyTemplateUpdate",
+    "ProbeRules",
 ]
 
 
@@ -28,6 +31,24 @@ class Decision(enum.StrEnum):
     ALLOW = "allow"
     QUEUE = "queue"
     DENY = "deny"
+
+
+class CapacityState(enum.StrEnum):
+    """How much load a target can take, as a capacity signal provider sees it."""
+
+    OK = "ok"
+    LIMITED = "limited"
+    """Changes should wait for a human: an ``allow`` becomes ``queue``."""
+    DEGRADED = "degraded"
+    """Nothing more should run there now: the decision becomes ``deny``."""
+
+
+class CapacitySignal(BaseModel):
+    """One provider's view of one target's capacity."""
+
+    state: CapacityState
+    source: str = Field(description="The provider that reported it, e.g. heartbeat or grafana")
+    reason: str = Field(description="Why, with the measurement and the threshold when there is one")
 
 
 class IndicatorRead(BaseModel):
@@ -53,7 +74,9 @@ class PolicyDecision(BaseModel):
     """Human-readable sentences, in the order the rules were applied."""
     rule: str | None = None
     """The rule that decided: ``block_pattern``, ``allow_list``, ``path_deny``, ``path_allow``, ``level_cap``,
-    ``approval_threshold``, ``preapproved`` or ``below_threshold``."""
+    ``capacity_degraded``, ``capacity_limited``, ``approval_threshold``, ``preapproved`` or ``below_threshold``."""
+    capacity: list[CapacitySignal] = []
+    """The capacity signals consulted for the target (none when no provider is registered)."""
 
 
 Pattern = Annotated[str, Field(min_length=1, max_length=500)]
@@ -134,6 +157,16 @@ class PolicyTemplateRead(BaseModel):
     def paths(self) -> list[str]:
         """Alias of ``path_allow`` under the reference implementation's field name."""
         return self.path_allow
+
+
+class ProbeRules(BaseModel):
+    """What a probe enforces itself from its template, in the probe's own pattern dialect (see
+    :func:`legator_mcp.policy._probe_rules.probe_rules`)."""
+
+    allow_patterns: list[str] = []
+    block_patterns: list[str] = []
+    path_allow: list[str] = []
+    path_deny: list[str] = []
 
 
 class PolicyTemplateList(BaseModel):

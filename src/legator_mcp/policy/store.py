@@ -26,6 +26,10 @@ class PolicyStore:
             statement = statement.with_for_update()
         return (await session.execute(statement)).scalar_one_or_none()
 
+    async def get_many(self, session: AsyncSession, template_ids: Sequence[str]) -> Sequence[PolicyTemplate]:
+        statement = select(PolicyTemplate).where(PolicyTemplate.id.in_(template_ids))
+        return (await session.execute(statement)).scalars().all()
+
     async def list(self, session: AsyncSession) -> Sequence[PolicyTemplate]:
         statement = select(PolicyTemplate).order_by(PolicyTemplate.created_at, PolicyTemplate.id)
         return (await session.execute(statement)).scalars().all()

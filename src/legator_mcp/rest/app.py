@@ -3,7 +3,7 @@
 from collections.abc import Callable
 
 from legator_mcp.rest._routing import RouteTable
-from legator_mcp.rest.routes import approvals, audit, auth, commands, fleet, fleet_commands, policies, system
+from legator_mcp.rest.routes import approvals, audit, auth, commands, fleet, fleet_commands, jobs, policies, system
 
 __all__ = ["REGISTRARS", "build_route_table"]
 
@@ -16,6 +16,7 @@ REGISTRARS: list[Callable[[RouteTable], None]] = [
     commands.register,
     fleet_commands.register,
     policies.register,
+    jobs.register,
 ]
 
 

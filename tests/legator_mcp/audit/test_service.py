@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from legator_mcp.audit._chain import GENESIS_HASH
 from legator_mcp.audit.models import AuditCheckpoint, AuditEvent
 from legator_mcp.audit.schemas import CSV_COLUMNS, AuditEventRead, AuditQuery
-from legator_mcp.audit.service import AuditService
+from legator_mcp.audit.service import AuditEntry, AuditService
 from legator_mcp.db.session import Database
 from legator_mcp.errors import InvalidRequest
 from legator_mcp.observability import request_id_var
@@ -220,6 +220,42 @@ async def test_record_rejects_detail_that_is_not_an_object(audit: AuditService) 
     bad: Any = ["not", "an", "object"]
     with pytest.raises(InvalidRequest):
         await audit.record(type="fleet.probe_updated", actor=ALICE, summary="x", detail=bad)
+
+
+async def test_record_many_chains_a_batch_exactly_as_successive_records_would(
+    audit: AuditService, database: Database
+) -> None:
+    first = await audit.record(type="fleet.probe_updated", actor=ALICE, summary="before the batch")
+    entries = [
+        AuditEntry(type="command.sent", actor=BOT, summary=f"command {n} sent", probe_id=f"prb-{n}",
+                   detail={"n": n, "note": f"with key {LEGATOR_KEY}"})
+        for n in range(5)
+    ]  # fmt: skip
+    async with database.write() as session:
+        assert await audit.record_many(entries, session=session) == 5
+    last = await audit.record(type="fleet.probe_updated", actor=ALICE, summary="after the batch")
+
+    rows = await stored_rows(database)
+    assert [row.seq for row in rows] == [1, 2, 3, 4, 5, 6, 7] and last.seq == 7
+    assert rows[1].prev_hash == first.hash and last.prev_hash == rows[5].hash
+    assert [row.probe_id for row in rows[1:6]] == [f"prb-{n}" for n in range(5)]
+    assert all(row.actor == "api_key:ops-bot" and row.via == "mcp" for row in rows[1:6])
+    assert LEGATOR_KEY not in json.dumps([row.detail for row in rows])
+    assert (await audit.verify()).ok
+
+
+async def test_record_many_appends_nothing_when_one_event_is_malformed(audit: AuditService, database: Database) -> None:
+    entries = [
+        AuditEntry(type="command.sent", actor=BOT, summary="fine"),
+        AuditEntry(type="Bad", actor=BOT, summary=""),
+    ]
+    with pytest.raises(InvalidRequest):
+        async with database.write() as session:
+            await audit.record_many(entries, session=session)
+    assert await audit.count() == 0
+    async with database.write() as session:
+        assert await audit.record_many([], session=session) == 0
+    assert (await audit.verify()).ok
 
 
 # Concurrency

@@ -77,6 +77,8 @@ class FakeLink:
 
     fleet: FleetService | None = None
     connected: set[str] = field(default_factory=set[str])
+    heard: set[str] = field(default_factory=set[str])
+    """Probes whose connection delivered a frame lately (their heartbeats may not be written yet)."""
     disconnects: list[tuple[str, int]] = field(default_factory=list[tuple[str, int]])
     rotations: list[KeyRotationMessage] = field(default_factory=list[KeyRotationMessage])
     fail_push: bool = False
@@ -84,6 +86,9 @@ class FakeLink:
 
     def is_connected(self, probe_id: str) -> bool:
         return probe_id in self.connected
+
+    def heard_within(self, probe_id: str, seconds: float) -> bool:
+        return probe_id in self.heard
 
     async def disconnect(self, probe_id: str, *, code: int, reason: str) -> None:
         self.disconnects.append((probe_id, code))
@@ -467,6 +472,16 @@ async def test_the_sweep_marks_silent_probes_offline_once_and_closes_their_conne
     fleet.clock.advance(5)
     back = await fleet.service.record_heartbeat(probe_id=quiet, heartbeat=heartbeat())
     assert (back.previous_status, back.status) == ("offline", "online")
+
+
+async def test_the_sweep_spares_a_probe_whose_connection_is_heard_while_its_heartbeats_wait(fleet: Fleet) -> None:
+    busy = (await fleet.online("busy-1")).probe_id
+    fleet.clock.advance(91)
+    fleet.link.heard.add(busy)  # frames arrive; the database has not caught up with them
+    assert await fleet.service.mark_stale_offline() == []
+    assert fleet.link.disconnects == []
+    fleet.link.heard.clear()  # and once the connection falls silent too, it is offline
+    assert await fleet.service.mark_stale_offline() == [busy]
 
 
 # -- health ----------------------------------------------------------------------------------------------------

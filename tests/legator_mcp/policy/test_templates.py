@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from legator_mcp.audit.schemas import AuditQuery
 from legator_mcp.audit.service import AuditService
@@ -13,7 +14,7 @@ from legator_mcp.events.service import EventBus
 from legator_mcp.fleet.keys import KeyRing
 from legator_mcp.fleet.schemas import ProbeRead, RegistrationRequest, TokenCreate
 from legator_mcp.fleet.service import FleetService
-from legator_mcp.policy.schemas import Decision, PolicyTemplateCreate, PolicyTemplateUpdate
+from legator_mcp.policy.schemas import Decision, PolicyTemplateCreate, PolicyTemplateUpdate, ProbeRules
 from legator_mcp.policy.service import BUILTINS, PolicyService
 from legator_mcp.principal import Permission, Principal, PrincipalKind
 from legator_mcp.settings import Settings
@@ -28,12 +29,12 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.online: set[str] = set()
-        self.pushed: list[tuple[ProbeRead, list[str], list[str]]] = []
+        self.pushed: list[tuple[ProbeRead, ProbeRules]] = []
 
-    async def push_policy(self, probe: ProbeRead, *, path_allow: list[str], path_deny: list[str]) -> None:
+    async def push_policy(self, probe: ProbeRead, *, rules: ProbeRules) -> None:
         if probe.id not in self.online:
             raise ProbeUnavailable(f"probe {probe.id} is not connected")
-        self.pushed.append((probe, path_allow, path_deny))
+        self.pushed.append((probe, rules))
 
 
 @dataclass
@@ -42,6 +43,7 @@ class World:
     fleet: FleetService
     audit: AuditService
     hub: FakeHub
+    database: Database
 
     async def probe(self, hostname: str = "web-1") -> str:
         token = await self.fleet.create_token(actor=ADMIN, request=TokenCreate(policy_level="remediate"))
@@ -59,7 +61,7 @@ async def world(database: Database, settings: Settings) -> World:
         database=database, audit=audit, events=EventBus(), settings=settings, keyring=KeyRing(bytes(range(32)))
     )
     hub = FakeHub()
-    return World(PolicyService(database=database, audit=audit, fleet=fleet, hub=hub), fleet, audit, hub)
+    return World(PolicyService(database=database, audit=audit, fleet=fleet, hub=hub), fleet, audit, hub, database)
 
 
 def custom(**fields: Any) -> PolicyTemplateCreate:
@@ -174,8 +176,8 @@ async def test_apply_updates_the_probe_audits_and_pushes_when_connected(world: W
     world.hub.online.add(probe_id)
     applied = await world.policy.apply(actor=ADMIN, probe_id=probe_id, policy_id="observe-only")
     assert applied.status == "applied" and applied.version == offline.version + 1
-    pushed, _, path_deny = world.hub.pushed[-1]
-    assert pushed.policy_id == "observe-only" and pushed.policy_level == "observe" and "/etc/shadow" in path_deny
+    pushed, rules = world.hub.pushed[-1]
+    assert pushed.policy_id == "observe-only" and pushed.policy_level == "observe" and "/etc/shadow" in rules.path_deny
     events = (await world.audit.search(AuditQuery(type="policy.changed", limit=10))).events
     assert events and events[0].before and events[0].after
     assert events[0].after["policy_id"] == "observe-only" and events[0].before["policy_id"] == "diagnose"
@@ -194,3 +196,59 @@ async def test_a_template_in_use_cannot_be_deleted(world: World) -> None:
     await world.policy.apply(actor=ADMIN, probe_id=probe_id, policy_id="diagnose")
     await world.policy.delete_template(actor=ADMIN, template_id=template.id)
     assert set(BUILTINS) == {"observe-only", "diagnose", "full-remediate"}
+
+
+async def test_editing_a_template_gives_each_probe_using_it_a_new_version_pushed_with_the_rules(world: World) -> None:
+    online, offline, elsewhere = await world.probe("web-1"), await world.probe("web-2"), await world.probe("db-1")
+    template = await world.policy.create_template(actor=ADMIN, request=custom(block_patterns=["curl *"]))
+    for probe_id in (online, offline):
+        await world.policy.apply(actor=ADMIN, probe_id=probe_id, policy_id=template.id)
+    world.hub.online |= {online, elsewhere}
+    before = {p: (await world.fleet.get_probe(p)).policy_version for p in (online, offline, elsewhere)}
+
+    edited = await world.policy.update_template(
+        actor=ADMIN, template_id=template.id,
+        request=PolicyTemplateUpdate(name="web", level="diagnose", block_patterns=["curl *", "rm", "re:^wget .*"],
+                                     allow_patterns=["uptime", "df *"], path_deny=["/srv/private"]),
+    )  # fmt: skip
+
+    after = {p: await world.fleet.get_probe(p) for p in (online, offline, elsewhere)}
+    assert after[online].policy_version == before[online] + 1 and after[online].policy_level == "diagnose"
+    assert after[offline].policy_version == before[offline] + 1 and after[offline].policy_level == "diagnose"
+    assert after[elsewhere].policy_version == before[elsewhere]
+    [(pushed, rules)] = world.hub.pushed
+    assert pushed.id == online and pushed.policy_version == after[online].policy_version
+    # In the probe's dialect: a plain pattern matches exactly, regular expressions stay with the control plane.
+    assert rules.block_patterns == ["curl *", "r[m]"]
+    assert rules.allow_patterns == ["uptime", "*/uptime", "df *", "*/df *"]
+    assert rules.path_deny == ["/srv/private"]
+    changed = (await world.audit.search(AuditQuery(type="policy.changed", probe_id=online, limit=5))).events[0]
+    assert changed.before and changed.after and changed.after["version"] == changed.before["version"] + 1
+    assert changed.after["level"] == "diagnose" and changed.before["level"] == "remediate"
+    assert edited.version == 2
+
+
+async def test_evaluate_many_decides_like_evaluate_with_one_read_of_the_templates(world: World) -> None:
+    guarded = await world.policy.create_template(actor=ADMIN, request=custom(block_patterns=["systemctl stop *"]))
+    ids = [await world.probe(f"host-{n}") for n in range(4)]
+    await world.policy.apply(actor=ADMIN, probe_id=ids[0], policy_id=guarded.id)
+    await world.policy.apply(actor=ADMIN, probe_id=ids[1], policy_id="observe-only")
+    probes = [await world.fleet.get_probe(p) for p in ids]
+    spec = {"action": "stop", "unit": "nginx.service"}
+    begun: list[int] = []
+
+    def on_begin(_connection: Any) -> None:
+        begun.append(1)
+
+    event.listen(world.database.engine.sync_engine, "begin", on_begin)
+    try:
+        many = await world.policy.evaluate_many(principal=ADMIN, targets=probes, kind="systemd", spec=spec)
+    finally:
+        event.remove(world.database.engine.sync_engine, "begin", on_begin)
+    assert len(begun) == 1  # the one custom template; built-ins and default-<level> ids need no read
+    one = [await world.decide(p.policy_id, p.policy_level, "systemd", spec) for p in probes]
+    assert many == one
+    assert [d.decision for d in many] == [Decision.DENY, Decision.DENY, Decision.QUEUE, Decision.QUEUE]
+    assert await world.policy.evaluate_many(principal=ADMIN, targets=[], kind="systemd", spec=spec) == []
+    with pytest.raises(InvalidRequest):
+        await world.policy.evaluate_many(principal=ADMIN, targets=probes, kind="nonsense", spec={})

@@ -11,7 +11,15 @@ import pytest
 from tests.support.app import Running
 from tests.support.probes import PROBE, ProbeProcess, probe_env, running_probes
 
+from legator_mcp.commands.schemas import CommandStatus
+from legator_mcp.flows.run_command import CommandRequest
+from legator_mcp.policy.schemas import PolicyDecision
+from legator_mcp.principal import Permission, Principal, PrincipalKind
+from legator_probe.protocol import COMMAND_PAYLOAD_ADAPTER
+
 pytestmark = pytest.mark.anyio
+
+OPERATOR = Principal(PrincipalKind.API_KEY, "k-op", "op", frozenset({Permission.ADMIN}))
 
 
 def assert_error(response: Any, status: int, code: str) -> None:
@@ -214,3 +222,50 @@ async def test_a_connected_probe_gets_the_template_signed_and_again_on_reconnect
             assert on_disk["level"] == "observe" and "/etc/shadow" in on_disk["path_deny"]
         finally:
             restarted.kill()
+
+
+async def test_editing_a_template_re_pushes_it_and_the_probe_itself_enforces_the_new_block_pattern(
+    live: Running, tmp_path: Path
+) -> None:
+    services = live.app.services
+    marker = tmp_path / "touched"
+    touch = CommandRequest(kind="shell", spec={"argv": ["touch", str(marker)]})
+    async with running_probes(live.base_url, live.admin_key, tmp_path) as probes:
+        probe = probes[0]
+        await _until(lambda: services.hub.is_connected(probe.probe_id))
+        async with live.client() as admin:
+            created = await admin.post("/api/v1/policies", json={"name": "guarded", "level": "remediate"})
+            template_id = created.json()["id"]
+            await admin.post(f"/api/v1/probes/{probe.probe_id}/apply-policy/{template_id}")
+            first = await _policy_on_disk(probe.config, template_id)
+            edited = await admin.put(
+                f"/api/v1/policies/{template_id}",
+                json={"name": "guarded", "level": "remediate", "block_patterns": ["touch *", "re:^wget .*"]},
+            )
+            changed = await admin.get("/api/v1/audit", params={"type": "policy.changed", "probe_id": probe.probe_id})
+        assert edited.status_code == 200 and edited.json()["version"] == 2
+        await _until(lambda: _policy(probe.config).get("version", 0) > first["version"])
+        on_disk = _policy(probe.config)
+        assert on_disk["block_patterns"] == ["touch *"] and on_disk["policy_id"] == template_id
+        latest = changed.json()["events"][0]
+        assert latest["after"]["version"] == latest["before"]["version"] + 1 == on_disk["version"]
+
+        # The control plane's own gate denies it now…
+        denied = await services.command_flow.run(actor=OPERATOR, probe_id=probe.probe_id, request=touch, wait=True)
+        assert denied.status is CommandStatus.DENIED and denied.rationale["rule"] == "block_pattern"
+        # …and with that gate bypassed (a compromised control plane), the probe refuses it by itself.
+        command = COMMAND_PAYLOAD_ADAPTER.validate_python(
+            {**touch.model_dump(exclude={"request_id"}), "request_id": "cmd-bypass-block",
+             **services.hub.signed_fields(probe.probe_id)}
+        )  # fmt: skip
+        allowed = PolicyDecision.model_validate(
+            {**denied.rationale, "decision": "allow", "rationale": ["sent directly by a test"]}
+        )
+        await services.commands.create(
+            actor=OPERATOR, command=command, decision=allowed, status=CommandStatus.DISPATCHED
+        )
+        await services.hub.dispatch(command)
+        run = await services.hub.wait("cmd-bypass-block", timeout=20)
+        assert run is not None and run.status is CommandStatus.REFUSED and run.error_code == "rejected_policy"
+        assert "blocked pattern" in (run.error or "")
+        assert not marker.exists()

@@ -27,7 +27,7 @@ from legator_mcp.mcp._errors import caller, guard_resource
 from legator_mcp.mcp._registry import McpRegistry
 from legator_mcp.principal import Permission
 
-__all__ = ["register"]
+__all__ = ["register", "static_resource"]
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 SET_TAGS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
@@ -85,6 +85,10 @@ def _static_resource(
         registry.resource_permissions[uri] = permission
 
     return decorator
+
+
+static_resource = _static_resource
+"""Register a template-free resource that still sees its caller (other tool modules use it too)."""
 
 
 def register(registry: McpRegistry) -> None:

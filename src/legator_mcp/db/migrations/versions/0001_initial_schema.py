@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 07:30:59.297891
+Create Date: 2026-11-28 10:33:49.182219
 """
 
 from collections.abc import Sequence
@@ -151,6 +151,36 @@ def upgrade() -> None:
         batch_op.create_index("ix_command_runs_status", ["status"], unique=False)
 
     op.create_table(
+        "jobs",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("description", sa.Text(), nullable=True),
+        sa.Column("command_kind", sa.String(length=16), nullable=False),
+        sa.Column("command_spec", sa.JSON(), nullable=False),
+        sa.Column("timeout_s", sa.Float(), nullable=False),
+        sa.Column("schedule", sa.String(length=200), nullable=True),
+        sa.Column("target_kind", sa.String(length=16), nullable=False),
+        sa.Column("target_value", sa.JSON(), nullable=True),
+        sa.Column("max_attempts", sa.Integer(), nullable=False),
+        sa.Column("initial_backoff_s", sa.Float(), nullable=False),
+        sa.Column("multiplier", sa.Float(), nullable=False),
+        sa.Column("max_backoff_s", sa.Float(), nullable=True),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("owner", sa.String(length=200), nullable=False),
+        sa.Column("owner_id", sa.String(length=200), nullable=False),
+        sa.Column("owner_kind", sa.String(length=32), nullable=False),
+        sa.Column("created_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_run_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_status", sa.String(length=16), nullable=True),
+        sa.Column("next_run_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
+    )
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.create_index("ix_jobs_enabled_next", ["enabled", "next_run_at"], unique=False)
+        batch_op.create_index("ix_jobs_updated", ["updated_at", "id"], unique=False)
+
+    op.create_table(
         "policy_templates",
         sa.Column("id", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
@@ -271,6 +301,43 @@ def upgrade() -> None:
         sa.UniqueConstraint("approval_id", "approver_id", name=op.f("uq_approval_votes_approval_id")),
     )
     op.create_table(
+        "job_runs",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("job_id", sa.String(length=36), nullable=False),
+        sa.Column("probe_id", sa.String(length=64), nullable=False),
+        sa.Column("execution_id", sa.String(length=64), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("max_attempts", sa.Integer(), nullable=False),
+        sa.Column("trigger", sa.String(length=16), nullable=False),
+        sa.Column("request_id", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("scheduled_for", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("retry_scheduled_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("admission_decision", sa.String(length=8), nullable=True),
+        sa.Column("admission_reason", sa.Text(), nullable=True),
+        sa.Column("admission_rationale", sa.JSON(), nullable=True),
+        sa.Column("approval_id", sa.String(length=64), nullable=True),
+        sa.Column("exit_code", sa.Integer(), nullable=True),
+        sa.Column("output", sa.Text(), nullable=False),
+        sa.Column("output_truncated", sa.Boolean(), nullable=False),
+        sa.Column("streamed_bytes", sa.Integer(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("created_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("started_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("ended_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", legator_mcp.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_job_runs_job_id_jobs"), ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_job_runs")),
+        sa.UniqueConstraint("execution_id", "attempt", name=op.f("uq_job_runs_execution_id")),
+        sa.UniqueConstraint("request_id", name=op.f("uq_job_runs_request_id")),
+    )
+    with op.batch_alter_table("job_runs", schema=None) as batch_op:
+        batch_op.create_index("ix_job_runs_job_created", ["job_id", "created_at"], unique=False)
+        batch_op.create_index("ix_job_runs_job_due", ["job_id", "scheduled_for"], unique=False)
+        batch_op.create_index("ix_job_runs_probe_created", ["probe_id", "created_at"], unique=False)
+        batch_op.create_index("ix_job_runs_status_due", ["status", "scheduled_for"], unique=False)
+
+    op.create_table(
         "probe_inventory",
         sa.Column("probe_id", sa.String(length=16), nullable=False),
         sa.Column("data", sa.JSON(), nullable=False),
@@ -293,16 +360,35 @@ def upgrade() -> None:
     with op.batch_alter_table("probe_tags", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_probe_tags_tag"), ["tag"], unique=False)
 
+    op.create_table(
+        "job_run_chunks",
+        sa.Column("run_id", sa.String(length=36), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
+        sa.Column("stream", sa.String(length=8), nullable=False),
+        sa.Column("data", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["run_id"], ["job_runs.id"], name=op.f("fk_job_run_chunks_run_id_job_runs"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("run_id", "seq", name=op.f("pk_job_run_chunks")),
+    )
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    op.drop_table("job_run_chunks")
     with op.batch_alter_table("probe_tags", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_probe_tags_tag"))
 
     op.drop_table("probe_tags")
     op.drop_table("probe_inventory")
+    with op.batch_alter_table("job_runs", schema=None) as batch_op:
+        batch_op.drop_index("ix_job_runs_status_due")
+        batch_op.drop_index("ix_job_runs_probe_created")
+        batch_op.drop_index("ix_job_runs_job_due")
+        batch_op.drop_index("ix_job_runs_job_created")
+
+    op.drop_table("job_runs")
     op.drop_table("approval_votes")
     with op.batch_alter_table("approval_targets", schema=None) as batch_op:
         batch_op.drop_index("ix_approval_targets_probe_id")
@@ -319,6 +405,11 @@ def downgrade() -> None:
 
     op.drop_table("probes")
     op.drop_table("policy_templates")
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index("ix_jobs_updated")
+        batch_op.drop_index("ix_jobs_enabled_next")
+
+    op.drop_table("jobs")
     with op.batch_alter_table("command_runs", schema=None) as batch_op:
         batch_op.drop_index("ix_command_runs_status")
         batch_op.drop_index("ix_command_runs_probe_created")

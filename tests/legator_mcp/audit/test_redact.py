@@ -1,0 +1,34 @@
+"""The memoised redaction of audit data gives exactly what the probe protocol's sanitiser gives."""
+
+from typing import Any
+
+import pytest
+
+from legator_mcp.audit._redact import redact_json, redact_text
+from legator_probe.protocol.sanitize import sanitize, sanitize_mapping
+
+KEY = "lgk_" + "0123456789abcdef" * 4
+
+CASES: list[Any] = [
+    {},
+    {"password": "hunter2", "note": "nothing secret here", "empty": "", "none": None, "flag": True, "n": 3},
+    {"detail": {"api_key": {"nested": "value"}, "token_count": 3, "url": "postgres://app:s3cret@db/x"}},
+    {"rationale": ["classified shell as risk low", f"requested with {KEY}", "password=hunter2 in the line"]},
+    {"list": [{"secret": "x"}, ["a", f"Authorization: Bearer {KEY}"], 1.5, None]},
+    {"clientSecret": "", "client_secret": None, "DB_PASSWORD": False, "session_id": 12},
+    {"long": "x" * 5000 + f" password={KEY}", "command": "mysql --password=hunter2 -e 'select 1'"},
+]
+
+
+@pytest.mark.parametrize("value", [pytest.param(case, id=f"case-{n}") for n, case in enumerate(CASES)])
+def test_redact_json_matches_sanitize_mapping_and_stays_the_same_when_repeated(value: dict[str, Any]) -> None:
+    expected = sanitize_mapping(value)
+    assert redact_json(value) == expected
+    assert redact_json(value) == expected  # served from the memo the second time
+
+
+@pytest.mark.parametrize(
+    "text", ["", "plain words", f"key {KEY}", "password=hunter2", "y" * 3000 + " token=abcdefghijklmnop1234"]
+)
+def test_redact_text_matches_sanitize(text: str) -> None:
+    assert redact_text(text) == sanitize(text) == redact_text(text)
