@@ -89,7 +89,7 @@ def build_services(settings: Settings) -> AppContext:
         multiplier=settings.jobs_retry_multiplier, max_backoff_s=settings.jobs_retry_max_backoff,
     )  # fmt: skip
     jobs = JobService(database=database, audit=audit, events=events, fleet=fleet, retry_defaults=retry_defaults)
-    job_flow = JobFlow(jobs=jobs, command_flow=command_flow, approvals=approvals, hub=hub)
+    job_flow = JobFlow(jobs=jobs, command_flow=command_flow, approvals=approvals, hub=hub, fleet=fleet)
     return AppContext(
         settings=settings,
         database=database,

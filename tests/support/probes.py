@@ -13,6 +13,8 @@ from pathlib import Path
 import anyio
 import httpx
 
+from tests.support.app import Running
+
 PROBE = [sys.executable, "-m", "legator_probe.agent"]
 
 
@@ -99,3 +101,19 @@ async def running_probes(
             except subprocess.TimeoutExpired:
                 probe.process.kill()
                 probe.process.wait(timeout=5)
+
+
+@asynccontextmanager
+async def online_probes(
+    cp: Running, workdir: Path, count: int = 1, *, level: str = "remediate", tags: str = ""
+) -> AsyncIterator[list[ProbeProcess]]:
+    """Start ``count`` agents against ``cp`` and wait (bounded) until every one is online; sorted by probe id."""
+    async with cp.app.services.events.subscribe("probe.online") as online:
+        async with running_probes(cp.base_url, cp.admin_key, workdir, count, level=level, tags=tags) as probes:
+            waiting = {p.probe_id for p in probes}
+            with anyio.fail_after(60):
+                async for event in online:
+                    waiting.discard(event.probe_id or "")
+                    if not waiting:
+                        break
+            yield sorted(probes, key=lambda p: p.probe_id)

@@ -37,9 +37,10 @@ from legator_mcp.approval.schemas import (
     ApprovalRead,
     ApprovalStatus,
 )
-from legator_mcp.approval.store import ApprovalStore, decode_cursor, encode_cursor
+from legator_mcp.approval.store import ApprovalStore
 from legator_mcp.audit.service import AuditService
 from legator_mcp.db.base import new_id, utcnow
+from legator_mcp.db.cursor import decode_cursor, encode_cursor
 from legator_mcp.db.session import Database
 from legator_mcp.errors import InvalidRequest, LegatorError, NotFound
 from legator_mcp.events.service import EventBus
@@ -591,7 +592,7 @@ class ApprovalService:
         """
         if not 1 <= limit <= 500:
             raise InvalidRequest("limit must be between 1 and 500", details={"field": "limit"})
-        after = decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor, what="approval") if cursor else None
         now = self._clock()
         async with self._db.read() as session:
             rows = await self._store.list(
@@ -599,5 +600,6 @@ class ApprovalService:
             )
             pending = await self._store.count_pending(session, now=now)
             page = [read_approval(row, now) for row in rows[:limit]]
-            next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+            last = rows[limit - 1] if len(rows) > limit else None
+            next_cursor = encode_cursor(last.created_at, last.id) if last is not None else None
         return ApprovalPage(approvals=page, pending_count=pending, next_cursor=next_cursor)

@@ -5,8 +5,6 @@ transaction already holds the only write lock) and move its status with a compar
 racing decisions cannot both count and an approval cannot be consumed twice.
 """
 
-import base64
-import binascii
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -18,34 +16,8 @@ from sqlalchemy.orm import selectinload
 from legator_mcp.approval.models import Approval, ApprovalTarget, ApprovalVote
 from legator_mcp.approval.schemas import ApprovalStatus
 from legator_mcp.db._errors import map_db_errors
-from legator_mcp.errors import InvalidRequest
 
-__all__ = ["ApprovalStore", "decode_cursor", "encode_cursor"]
-
-_CURSOR_SEP = "|"
-
-
-def encode_cursor(row: Approval) -> str:
-    """Return the opaque cursor that continues a newest-first listing after ``row``."""
-    raw = f"{row.created_at.isoformat()}{_CURSOR_SEP}{row.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode("ascii").rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Return the ``(created_at, id)`` a cursor from :func:`encode_cursor` encodes.
-
-    Raises:
-        InvalidRequest: If the cursor was not produced by :func:`encode_cursor`.
-    """
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, sep, approval_id = raw.partition(_CURSOR_SEP)
-        created_at = datetime.fromisoformat(stamp)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRequest("invalid approval cursor", details={"field": "cursor"}) from exc
-    if not sep or not approval_id or created_at.tzinfo is None:
-        raise InvalidRequest("invalid approval cursor", details={"field": "cursor"})
-    return created_at, approval_id
+__all__ = ["ApprovalStore"]
 
 
 def _status_clause(status: ApprovalStatus, now: datetime) -> ColumnElement[bool]:

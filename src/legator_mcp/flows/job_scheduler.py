@@ -6,8 +6,8 @@ standby and tries again every ``standby_retry_s``. The leader:
 * on taking over, reconciles every run left ``pending`` or ``running`` (a crash or restart): a command that
   finished meanwhile gives the run its result; one whose result can no longer come fails the run, which is then
   retried per its policy. Runs left ``queued`` are simply sent (their command is adopted if it already exists);
-* loops: fire due jobs, send due runs (at most ``max_concurrency`` sends at once), then sleep until the next
-  fire or retry, a change (a new job, a run-now), or ``max_idle_s``;
+* loops: fire due jobs, send due runs in batches (at most ``max_concurrency`` batches at once), then sleep until
+  the next fire or retry, a change (a new job, a run-now), or ``max_idle_s``;
 * follows commands of job runs on the event bus, and sweeps active runs every ``sweep_interval_s`` in case an
   event was missed.
 """
@@ -39,7 +39,8 @@ class JobScheduler:
         flow: Sends and follows runs.
         events: The bus the commands' state changes arrive on.
         lock: Leadership among processes sharing the database.
-        max_concurrency: Sends in flight at once.
+        max_concurrency: Sends (batches) in flight at once.
+        batch_size: The most due runs one send takes; each is sent per job in one batch through the command flow.
         max_idle_s: Longest real-time sleep between passes (bounds how late work written by another process,
             or a clock moved by hand, is noticed).
         sweep_interval_s: How often active runs are reconciled with their commands.
@@ -54,6 +55,7 @@ class JobScheduler:
         events: EventBus,
         lock: SchedulerLock,
         max_concurrency: int = 64,
+        batch_size: int = 1000,
         max_idle_s: float = 1.0,
         sweep_interval_s: float = 5.0,
         standby_retry_s: float = 5.0,
@@ -63,6 +65,7 @@ class JobScheduler:
         self._events = events
         self.lock = lock
         self._limit = anyio.CapacityLimiter(max_concurrency)
+        self._batch_size = max(batch_size, 1)
         self._max_idle_s = max_idle_s
         self._sweep_interval_s = sweep_interval_s
         self._standby_retry_s = standby_retry_s
@@ -124,24 +127,24 @@ class JobScheduler:
         """One pass: record due fires, then start sending every due run not already being sent."""
         while len(await self._jobs.fire_due(limit=100)) >= 100:
             pass
-        for run in await self._jobs.due_runs(limit=5000):
-            if run.id in self._sending:
-                continue
-            self._sending.add(run.id)
-            group.start_soon(self._send, run.id)
+        due = [run.id for run in await self._jobs.due_runs(limit=5000) if run.id not in self._sending]
+        self._sending.update(due)
+        for start in range(0, len(due), self._batch_size):
+            group.start_soon(self._send, due[start : start + self._batch_size])
         self.passes += 1
         passed, self.passed = self.passed, anyio.Event()
         passed.set()
 
-    async def _send(self, run_id: str) -> None:
+    async def _send(self, run_ids: list[str]) -> None:
         try:
             async with self._limit:
-                await self._flow.dispatch(run_id)
+                await self._flow.dispatch_many(run_ids)
         except Exception:
-            # A send that fails unexpectedly leaves the run queued for the next pass; the traceback is logged.
-            logger.exception("sending job run %s failed", run_id)
+            # A send that fails unexpectedly leaves its runs queued for the next pass (which adopts any command
+            # already recorded for them); the traceback is logged.
+            logger.exception("sending %d job run(s) (first %s) failed", len(run_ids), run_ids[0])
         finally:
-            self._sending.discard(run_id)
+            self._sending.difference_update(run_ids)
 
     async def _reconcile_all(self) -> None:
         for run in await self._jobs.active_runs(limit=100_000):

@@ -12,7 +12,7 @@ state, and the job service queues the next attempt if it failed with attempts le
 """
 
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -24,7 +24,9 @@ from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
 from legator_mcp.db.base import utcnow
 from legator_mcp.errors import InvalidRequest, LegatorError, NotFound, PermissionDenied, ProbeUnavailable
 from legator_mcp.events.service import Event
-from legator_mcp.flows.run_command import CommandFlow, CommandRequest
+from legator_mcp.fleet.schemas import ProbeRead
+from legator_mcp.fleet.service import FleetService
+from legator_mcp.flows.run_command import CommandFlow, CommandRequest, Target
 from legator_mcp.jobs.schemas import (
     ACTIVE_STATUSES,
     JobCancelResult,
@@ -34,7 +36,8 @@ from legator_mcp.jobs.schemas import (
     JobRunRead,
     RunStatus,
 )
-from legator_mcp.jobs.service import JobOutputChunk, JobService
+from legator_mcp.jobs.service import JobDispatch, JobOutputChunk, JobService
+from legator_mcp.policy.schemas import Decision
 from legator_mcp.principal import Principal
 from legator_probe.protocol import OutputChunkPayload
 
@@ -131,8 +134,17 @@ def _output(command: CommandRunRead) -> str:
 class JobFlow:
     """Send job runs, follow them to the end, and stop them."""
 
-    def __init__(self, *, jobs: JobService, command_flow: CommandFlow, approvals: ApprovalService, hub: JobHub) -> None:
+    def __init__(
+        self,
+        *,
+        jobs: JobService,
+        command_flow: CommandFlow,
+        approvals: ApprovalService,
+        hub: JobHub,
+        fleet: FleetService,
+    ) -> None:
         self._jobs = jobs
+        self._fleet = fleet
         self._flow = command_flow
         self._approvals = approvals
         self._hub = hub
@@ -140,6 +152,8 @@ class JobFlow:
         self._tapped: set[str] = set()
         self._tapped_requests: set[str] = set()
         self._activity = anyio.Event()
+        self._settling: list[tuple[JobRunRead, CommandRunRead]] = []
+        self._settler = False
 
     def attach(self, spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], object] | None) -> None:
         """Let the flow start background work (output taps) in the scheduler's task group, or stop it."""
@@ -153,33 +167,114 @@ class JobFlow:
 
     async def dispatch(self, run_id: str) -> JobRunRead | None:
         """Send a queued run to its probe through the command flow (or adopt the command it already sent)."""
-        try:
-            info = await self._jobs.dispatch_info(run_id)
-        except NotFound:
-            return None
-        run = info.run
-        if run.status is not RunStatus.QUEUED:
-            return await self.reconcile(run.id)
-        existing: CommandRunRead | None = None
-        if not self._jobs.unsent_here(run.id):
-            try:
-                existing = await self._flow.result(request_id=run.request_id)
-            except NotFound:
-                existing = None
-        if existing is not None:
-            return await self._adopt(run, existing)
-        request = CommandRequest(
-            kind=info.kind, spec=info.spec, timeout_s=info.timeout_s, stream=True, request_id=run.request_id
+        return (await self.dispatch_many([run_id])).get(run_id)
+
+    async def dispatch_many(self, run_ids: Sequence[str]) -> dict[str, JobRunRead | None]:
+        """Send queued runs to their probes, one batch per job: one policy evaluation for all of a job's targets,
+        one transaction for their command records (under the runs' own request ids), one read of the signing keys,
+        then one transaction moving the runs to where their commands are. A run whose command may already exist
+        (it was not inserted here, or a send of it was tried) adopts that command instead of sending it again.
+        Runs that are no longer queued are reconciled; runs that no longer exist are left out.
+        """
+        done: dict[str, JobRunRead | None] = {}
+        batches: dict[str, list[JobDispatch]] = {}
+        for info in await self._jobs.dispatch_infos(run_ids):
+            if info.run.status is RunStatus.QUEUED:
+                batches.setdefault(info.run.job_id, []).append(info)
+            else:
+                done[info.run.id] = await self.reconcile(info.run.id)
+        for batch in batches.values():
+            done.update(await self._send_batch(batch))
+        return done
+
+    async def _send_batch(self, infos: Sequence[JobDispatch]) -> dict[str, JobRunRead | None]:
+        """Send queued runs of ONE job (they share its command and owner)."""
+        actor = infos[0].principal()
+        request = CommandRequest(kind=infos[0].kind, spec=infos[0].spec, timeout_s=infos[0].timeout_s, stream=True)
+        adopted: list[tuple[JobRunRead, CommandRunRead]] = []
+        fresh: list[JobRunRead] = []
+        for info in infos:
+            # Consumed here, before anything is sent: after this, any later send of the run looks its command up.
+            if not self._jobs.unsent_here(info.run.id):
+                try:
+                    adopted.append((info.run, await self._flow.result(request_id=info.run.request_id)))
+                    continue
+                except NotFound:
+                    pass
+            fresh.append(info.run)
+        failed: list[tuple[JobRunRead, str]] = []
+        if fresh:
+            sent, failed = await self._send_fresh(actor, request, fresh)
+            adopted.extend(sent)
+        done = await self._adopt_many(adopted)
+        moved = await self._jobs.transition_many(
+            [(run.id, RunStatus.FAILED, {"error": error}) for run, error in failed]
         )
+        self._touch()
+        for (run, _), read in zip(failed, moved, strict=True):
+            done[run.id] = read
+        return done
+
+    async def _send_fresh(
+        self, actor: Principal, request: CommandRequest, runs: Sequence[JobRunRead]
+    ) -> tuple[list[tuple[JobRunRead, CommandRunRead]], list[tuple[JobRunRead, str]]]:
+        """Evaluate, record and send runs that have no command yet; returns (run, its command) and (run, error)."""
+        failed: list[tuple[JobRunRead, str]] = []
+        probes = await self._probes([run.probe_id for run in runs])
+        failed.extend((run, f"probe {run.probe_id} not found") for run in runs if run.probe_id not in probes)
+        runs = [run for run in runs if run.probe_id in probes]
         try:
-            command = await self._flow.run(actor=info.principal(), probe_id=run.probe_id, request=request, wait=False)
-        except ProbeUnavailable:
-            return await self._finish(run, RunStatus.FAILED, error=f"probe {run.probe_id} offline")
-        except NotFound:
-            return await self._finish(run, RunStatus.FAILED, error=f"probe {run.probe_id} not found")
+            decisions = await self._flow.evaluate_many(
+                actor=actor, probes=[probes[run.probe_id] for run in runs], request=request
+            )
         except (InvalidRequest, PermissionDenied) as exc:
-            return await self._finish(run, RunStatus.FAILED, error=f"{exc.code}: {exc.message}")
-        return await self._adopt(run, command)
+            return [], failed + [(run, f"{exc.code}: {exc.message}") for run in runs]
+        by_decision: dict[Decision, list[tuple[JobRunRead, Target]]] = {}
+        for run, decision in zip(runs, decisions, strict=True):
+            by_decision.setdefault(decision.decision, []).append((run, (probes[run.probe_id], decision)))
+        sent: list[tuple[JobRunRead, CommandRunRead]] = []
+        for decision, group in by_decision.items():
+            targets = [target for _, target in group]
+            request_ids = [run.request_id for run, _ in group]
+            try:
+                if decision is Decision.DENY:
+                    commands = await self._flow.record_denied(
+                        actor=actor, targets=targets, request=request, request_ids=request_ids
+                    )
+                elif decision is Decision.QUEUE:
+                    # One approval per run, as an operator approves or withdraws each run on its own.
+                    commands = [
+                        (await self._flow.queue_targets(actor=actor, targets=[target], request=request,
+                                                        request_ids=[request_id]))[0]
+                        for target, request_id in zip(targets, request_ids, strict=True)
+                    ]  # fmt: skip
+                else:
+                    commands = await self._flow.start_many(
+                        actor=actor, targets=targets, request=request, request_ids=request_ids
+                    )
+            except (InvalidRequest, PermissionDenied) as exc:
+                failed.extend((run, f"{exc.code}: {exc.message}") for run, _ in group)
+                continue
+            for (run, _), command in zip(group, commands, strict=True):
+                if command.status is CommandStatus.ERROR:
+                    offline = command.error_code == "probe_unavailable"
+                    failed.append((run, f"probe {run.probe_id} offline" if offline else command.error or "not sent"))
+                else:
+                    sent.append((run, command))
+        return sent, failed
+
+    async def _probes(self, probe_ids: Sequence[str]) -> dict[str, ProbeRead]:
+        """The probes that exist among ``probe_ids``, by id (one read unless some are gone)."""
+        try:
+            return {probe.id: probe for probe in await self._fleet.get_probes(probe_ids)}
+        except NotFound:
+            found: dict[str, ProbeRead] = {}
+            for probe_id in dict.fromkeys(probe_ids):
+                try:
+                    found[probe_id] = await self._fleet.get_probe(probe_id)
+                except NotFound:
+                    continue
+            return found
 
     async def _finish(self, run: JobRunRead, to: RunStatus, **values: Any) -> JobRunRead | None:
         moved = await self._jobs.transition(run_id=run.id, to=to, **values)
@@ -188,37 +283,70 @@ class JobFlow:
 
     async def _adopt(self, run: JobRunRead, command: CommandRunRead) -> JobRunRead | None:
         """Bring a run in line with its command's state."""
-        admission: dict[str, Any] = {
-            "admission_decision": command.decision,
-            "admission_reason": _reason(command),
-            "admission_rationale": command.rationale,
-            "approval_id": command.approval_id,
-        }
-        status = command.status
-        if status is CommandStatus.PENDING_APPROVAL:
-            return await self._finish(run, RunStatus.PENDING, **admission) or await self._jobs.get_run(run.id)
-        if status is CommandStatus.DENIED:
-            values = {**admission, "error": command.error, "output": command.error or ""}
-            return await self._finish(run, RunStatus.DENIED, **values) or await self._jobs.get_run(run.id)
-        if run.status in {RunStatus.QUEUED, RunStatus.PENDING}:
-            started = await self._finish(run, RunStatus.RUNNING, **admission)
-            run = started or await self._jobs.get_run(run.id)
-        if status is CommandStatus.DISPATCHED:
-            if run.status is RunStatus.RUNNING:
-                self._start_tap(run)
-            return run
-        ok = status is CommandStatus.OK and command.exit_code in (0, None)
-        to = RunStatus.SUCCESS if ok else RunStatus.CANCELED if status is CommandStatus.CANCELED else RunStatus.FAILED
-        error = (
-            None
-            if ok
-            else command.error
-            or f"command {status.value}" + (f" (exit {command.exit_code})" if command.exit_code is not None else "")
+        return (await self._adopt_many([(run, command)]))[run.id]
+
+    async def _adopt_many(self, pairs: Sequence[tuple[JobRunRead, CommandRunRead]]) -> dict[str, JobRunRead | None]:
+        """Bring runs in line with their commands' states: at most two transactions (admission, then the end)."""
+        if not pairs:
+            return {}
+        admitted: list[tuple[str, RunStatus, dict[str, Any]]] = []
+        for run, command in pairs:
+            admission: dict[str, Any] = {
+                "admission_decision": command.decision,
+                "admission_reason": _reason(command),
+                "admission_rationale": command.rationale,
+                "approval_id": command.approval_id,
+            }
+            if command.status is CommandStatus.PENDING_APPROVAL:
+                admitted.append((run.id, RunStatus.PENDING, admission))
+            elif command.status is CommandStatus.DENIED:
+                admitted.append((run.id, RunStatus.DENIED, {**admission, "error": command.error,
+                                                            "output": command.error or ""}))  # fmt: skip
+            elif run.status in {RunStatus.QUEUED, RunStatus.PENDING}:
+                admitted.append((run.id, RunStatus.RUNNING, admission))
+        moved = dict(
+            zip((run_id for run_id, _, _ in admitted), await self._jobs.transition_many(admitted), strict=True)
         )
-        return await self._finish(
-            run, to, exit_code=command.exit_code, output=_output(command), output_truncated=command.truncated,
-            error=error,
-        ) or await self._jobs.get_run(run.id)  # fmt: skip
+        done: dict[str, JobRunRead | None] = {}
+        ended: list[tuple[str, RunStatus, dict[str, Any]]] = []
+        unseen: list[JobRunRead] = []  # sent, but their result came in before the run was running
+        for run, command in pairs:
+            if run.id in moved:
+                run = moved[run.id] or await self._jobs.get_run(run.id)
+            status = command.status
+            if status in {CommandStatus.PENDING_APPROVAL, CommandStatus.DENIED, CommandStatus.DISPATCHED}:
+                if status is CommandStatus.DISPATCHED and run.status is RunStatus.RUNNING:
+                    if self._hub.is_tracking(run.request_id):
+                        self._start_tap(run)
+                    else:
+                        unseen.append(run)
+                done[run.id] = run
+                continue
+            ok = status is CommandStatus.OK and command.exit_code in (0, None)
+            to = (
+                RunStatus.SUCCESS
+                if ok
+                else RunStatus.CANCELED
+                if status is CommandStatus.CANCELED
+                else RunStatus.FAILED
+            )
+            exit_note = f" (exit {command.exit_code})" if command.exit_code is not None else ""
+            error = None if ok else command.error or f"command {status.value}{exit_note}"
+            values = {"exit_code": command.exit_code, "output": _output(command),
+                      "output_truncated": command.truncated, "error": error}  # fmt: skip
+            ended.append((run.id, to, values))
+        for (run_id, _, _), read in zip(ended, await self._jobs.transition_many(ended), strict=True):
+            done[run_id] = read or await self._jobs.get_run(run_id)
+        if admitted or ended:
+            self._touch()
+        finished: list[tuple[JobRunRead, CommandRunRead]] = []
+        for run in unseen:
+            command = await self._flow.result(request_id=run.request_id)
+            if command.finished:
+                finished.append((run, command))
+        # A result not stored yet is published after it is, and the run is running by then (on_command_event).
+        done.update(await self._adopt_many(finished))
+        return done
 
     async def reconcile(self, run_id: str) -> JobRunRead | None:
         """Move an active run to where its command is; a command whose result can no longer come is lost."""
@@ -299,9 +427,32 @@ class JobFlow:
                     buffer = []
                     self._touch()
         if final is not None and final.finished:
-            await self._adopt(run.model_copy(update={"status": RunStatus.RUNNING}), final)
+            await self._settle(run.model_copy(update={"status": RunStatus.RUNNING}), final)
         else:
             await self.reconcile(run.id)
+
+    async def _settle(self, run: JobRunRead, command: CommandRunRead) -> None:
+        """Finish a run whose command finished: runs finishing together are moved in one transaction (what a fire's
+        runs finishing at once would otherwise cost one write each)."""
+        if self._spawn is None:
+            await self._adopt(run, command)
+            return
+        self._settling.append((run, command))
+        if not self._settler:
+            self._settler = True
+            self._spawn(self._settle_all)
+
+    async def _settle_all(self) -> None:
+        try:
+            while self._settling:
+                batch, self._settling = self._settling, []  # what arrives meanwhile is the next batch
+                try:
+                    await self._adopt_many(batch)
+                except Exception:
+                    # The sweep reconciles these runs with their commands; the traceback is logged.
+                    logger.exception("finishing %d job run(s) failed", len(batch))
+        finally:
+            self._settler = False
 
     async def on_command_event(self, event: Event) -> None:
         """Follow a job command's change of state (approved and sent, finished) published on the bus."""

@@ -215,22 +215,43 @@ class CommandFlow:
             )  # fmt: skip
         return finished or await self._commands.get(run.request_id)
 
-    def _commands_for(self, targets: Sequence[Target], request: CommandRequest) -> list[CommandPayload]:
-        """A fresh payload (own request id, nonce and expiry) per target."""
-        fresh = request.model_copy(update={"request_id": None})
-        return [self._payload(probe.id, fresh) for probe, _ in targets]
+    def _commands_for(
+        self, targets: Sequence[Target], request: CommandRequest, request_ids: Sequence[str] | None
+    ) -> list[CommandPayload]:
+        """A fresh payload (own nonce and expiry) per target, with the caller's request ids or new ones.
+
+        Raises:
+            InvalidRequest: If ``request_ids`` is given but not one distinct id per target.
+        """
+        if request_ids is None:
+            fresh = request.model_copy(update={"request_id": None})
+            return [self._payload(probe.id, fresh) for probe, _ in targets]
+        if len(request_ids) != len(targets) or len(set(request_ids)) != len(request_ids):
+            raise InvalidRequest("request_ids must be distinct, one per target", details={"field": "request_ids"})
+        return [
+            self._payload(probe.id, request.model_copy(update={"request_id": request_id}))
+            for (probe, _), request_id in zip(targets, request_ids, strict=True)
+        ]
 
     async def record_denied(
-        self, *, actor: Principal, targets: Sequence[Target], request: CommandRequest
+        self,
+        *,
+        actor: Principal,
+        targets: Sequence[Target],
+        request: CommandRequest,
+        request_ids: Sequence[str] | None = None,
     ) -> list[CommandRunRead]:
         """Record ``request`` as ``denied`` on targets policy denied (one transaction; nothing is sent).
 
+        ``request_ids`` (one per target) are the caller's own, chosen and stored before anything is recorded
+        (a job run's), so a retried call finds the commands it already made; by default each gets a new one.
+
         Raises:
             PermissionDenied: If ``actor`` lacks ``command:exec``.
-            InvalidRequest: If the command does not validate.
+            InvalidRequest: If the command does not validate, or ``request_ids`` is not one distinct id per target.
         """
         self._require_exec(actor)
-        commands = self._commands_for(targets, request)
+        commands = self._commands_for(targets, request, request_ids)
         runs = [
             NewRun(command, decision, CommandStatus.DENIED)
             for command, (_, decision) in zip(commands, targets, strict=True)
@@ -238,10 +259,18 @@ class CommandFlow:
         return await self._commands.create_many(actor=actor, runs=runs) if runs else []
 
     async def start_many(
-        self, *, actor: Principal, targets: Sequence[Target], request: CommandRequest
+        self,
+        *,
+        actor: Principal,
+        targets: Sequence[Target],
+        request: CommandRequest,
+        request_ids: Sequence[str] | None = None,
     ) -> list[CommandRunRead]:
         """Record and dispatch ``request`` on targets policy allowed: one transaction for every run and its audit
         event, one read of the signing keys, then each is signed and sent. Wait for each with :meth:`finish`.
+
+        ``request_ids``: as for :meth:`record_denied`. A request id that already has a command fails the whole
+        call (``Conflict``) before anything is sent.
 
         Returns:
             One run per target, in order: ``dispatched``, or ``error`` (``probe_unavailable`` or ``not_found``)
@@ -254,7 +283,7 @@ class CommandFlow:
         self._require_exec(actor)
         if not targets:
             return []
-        commands = self._commands_for(targets, request)
+        commands = self._commands_for(targets, request, request_ids)
         runs = await self._commands.create_many(
             actor=actor,
             runs=[
@@ -298,10 +327,16 @@ class CommandFlow:
         return runs + await self.queue_targets(actor=actor, targets=queued, request=request)
 
     async def queue_targets(
-        self, *, actor: Principal, targets: Sequence[Target], request: CommandRequest
+        self,
+        *,
+        actor: Principal,
+        targets: Sequence[Target],
+        request: CommandRequest,
+        request_ids: Sequence[str] | None = None,
     ) -> list[CommandRunRead]:
         """Queue ``request`` on targets policy queued, under ONE approval request; their runs are recorded in one
-        transaction. Approving it dispatches every one of them once (:meth:`execute_approved`).
+        transaction. Approving it dispatches every one of them once (:meth:`execute_approved`). ``request_ids``:
+        as for :meth:`record_denied`.
 
         Raises:
             PermissionDenied: If ``actor`` lacks ``command:exec``.
@@ -310,7 +345,7 @@ class CommandFlow:
         self._require_exec(actor)
         if not targets:
             return []
-        commands = self._commands_for(targets, request)
+        commands = self._commands_for(targets, request, request_ids)
         queued = [(probe, command, decision) for command, (probe, decision) in zip(commands, targets, strict=True)]
         return await self._queue_set(actor=actor, queued=queued)
 

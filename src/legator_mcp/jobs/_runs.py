@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from legator_mcp.audit.service import AuditEntry, AuditService
 from legator_mcp.db.base import new_id
+from legator_mcp.db.cursor import decode_cursor, encode_cursor
 from legator_mcp.db.session import Database
 from legator_mcp.errors import NotFound, PermissionDenied
 from legator_mcp.events.service import Event, EventBus
@@ -28,7 +29,7 @@ from legator_mcp.jobs.schemas import (
     JobRunRead,
     RunStatus,
 )
-from legator_mcp.jobs.store import JobStore, decode_cursor, encode_cursor
+from legator_mcp.jobs.store import JobStore
 from legator_mcp.principal import Permission, Principal
 from legator_probe.protocol.sanitize import sanitize
 
@@ -116,6 +117,25 @@ def _detail(run: JobRun, **extra: Any) -> dict[str, Any]:
     return {key: value for key, value in detail.items() if value not in (None, "")}
 
 
+def _transition_entries(row: JobRun, to: RunStatus, actor: Principal, retry: JobRun | None) -> list[AuditEntry]:
+    """The audit events of one transition (and the retry it scheduled)."""
+    entries = [
+        AuditEntry(
+            type=_EVENT_TYPES[to], actor=actor, principal_kind=actor.kind, probe_id=row.probe_id,
+            summary=f"Job run {to.value}: {row.job_id}", detail=_detail(row, exit_code=row.exit_code, error=row.error),
+        )
+    ]  # fmt: skip
+    if retry is not None:
+        entries.append(
+            AuditEntry(
+                type="job.run.retry_scheduled", actor=actor, principal_kind=actor.kind, probe_id=row.probe_id,
+                summary=f"Job run retry scheduled: {row.job_id}",
+                detail=_detail(retry, deferred_until=retry.scheduled_for.isoformat(), previous_run_id=row.id),
+            )
+        )  # fmt: skip
+    return entries
+
+
 class RunLifecycle:
     """Runs of jobs: their state machine, retries, operator actions, listing and output."""
 
@@ -195,36 +215,71 @@ class RunLifecycle:
         states also get ``ended_at``, ``running`` gets ``started_at``. A run that ends ``failed`` with attempts
         left gets its next attempt queued (``retry_scheduled_at`` says when) in the same transaction.
         """
-        now = self.clock.now()
-        if "output" in values:
-            values["output"], cut = _cap(sanitize(str(values["output"])), MAX_OUTPUT_BYTES)
-            values["output_truncated"] = bool(values.get("output_truncated")) or cut
-        if "error" in values and values["error"] is not None:
-            values["error"] = sanitize(str(values["error"]))[:2000]
+        return (await self.transition_many([(run_id, to, values)], actor=actor, allowed_from=allowed_from))[0]
+
+    def _prepared(self, to: RunStatus, values: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+        prepared = dict(values)
+        if "output" in prepared:
+            prepared["output"], cut = _cap(sanitize(str(prepared["output"])), MAX_OUTPUT_BYTES)
+            prepared["output_truncated"] = bool(prepared.get("output_truncated")) or cut
+        if "error" in prepared and prepared["error"] is not None:
+            prepared["error"] = sanitize(str(prepared["error"]))[:2000]
         if to is RunStatus.RUNNING:
-            values.setdefault("started_at", now)
+            prepared.setdefault("started_at", now)
         if to not in ACTIVE_STATUSES:
-            values.setdefault("ended_at", now)
-        sources = allowed_from if allowed_from is not None else ALLOWED_FROM.get(to, frozenset())
-        retry: JobRun | None = None
+            prepared.setdefault("ended_at", now)
+        return prepared
+
+    async def transition_many(
+        self,
+        moves: Sequence[tuple[str, RunStatus, Mapping[str, Any]]],
+        *,
+        actor: Principal = SCHEDULER,
+        allowed_from: frozenset[RunStatus] | None = None,
+    ) -> list[JobRunRead | None]:
+        """:meth:`transition` for many runs ``(run_id, to, values)`` in ONE write transaction: each is its own
+        compare-and-set, their audit events are one chain insert, each job's status is refreshed once, and the
+        events are published after the commit. Returns one entry per move, ``None`` where the run had moved on.
+        """
+        if not moves:
+            return []
+        now = self.clock.now()
+        prepared = [(run_id, to, self._prepared(to, values, now)) for run_id, to, values in moves]
+        moved: list[tuple[JobRunRead, RunStatus, JobRun | None] | None] = []
         async with self._db.write() as session:
-            row = await self._store.transition(
-                session, run_id, allowed_from=[s.value for s in sources], to=to.value, updated_at=now, **values
-            )
-            if row is None:
-                return None
-            if to is RunStatus.FAILED and row.attempt < row.max_attempts:
-                job = await self._store.get_job(session, row.job_id)
-                if job is not None:
-                    retry = await self._schedule_retry(session, row, job, now)
-            await self._audit_transition(session, row, to, actor, retry)
-            await self._store.touch_job(session, row.job_id, last_status=await self._last_status(session, row.job_id))
-            read = run_read(row)
-        self._publish_transition(read, to, retry)
-        if retry is not None:
-            self._unsent.add(retry.id)
+            entries: list[AuditEntry] = []
+            jobs: dict[str, Job | None] = {}
+            for run_id, to, values in prepared:
+                sources = allowed_from if allowed_from is not None else ALLOWED_FROM.get(to, frozenset())
+                row = await self._store.transition(
+                    session, run_id, allowed_from=[s.value for s in sources], to=to.value, updated_at=now, **values
+                )
+                if row is None:
+                    moved.append(None)
+                    continue
+                retry: JobRun | None = None
+                if to is RunStatus.FAILED and row.attempt < row.max_attempts:
+                    if row.job_id not in jobs:
+                        jobs[row.job_id] = await self._store.get_job(session, row.job_id)
+                    job = jobs[row.job_id]
+                    if job is not None:
+                        retry = await self._schedule_retry(session, row, job, now)
+                entries.extend(_transition_entries(row, to, actor, retry))
+                moved.append((run_read(row), to, retry))
+            await self._audit.record_many(entries, session=session)
+            for job_id in dict.fromkeys(item[0].job_id for item in moved if item is not None):
+                await self._store.touch_job(session, job_id, last_status=await self._last_status(session, job_id))
+        retried = False
+        for item in moved:
+            if item is not None:
+                read, to, retry = item
+                self._publish_transition(read, to, retry)
+                if retry is not None:
+                    self._unsent.add(retry.id)
+                    retried = True
+        if retried:
             self._poke()
-        return read
+        return [item[0] if item is not None else None for item in moved]
 
     async def _schedule_retry(self, session: AsyncSession, row: JobRun, job: Job, now: datetime) -> JobRun:
         due = now + backoff_delay(retry_policy(job), row.attempt)
@@ -238,22 +293,6 @@ class RunLifecycle:
         await self._store.update_run(session, row.id, retry_scheduled_at=due)
         row.retry_scheduled_at = due
         return retry
-
-    async def _audit_transition(
-        self, session: AsyncSession, row: JobRun, to: RunStatus, actor: Principal, retry: JobRun | None
-    ) -> None:
-        await self._audit.record(
-            type=_EVENT_TYPES[to], actor=actor, principal_kind=actor.kind, probe_id=row.probe_id,
-            summary=f"Job run {to.value}: {row.job_id}", detail=_detail(row, exit_code=row.exit_code, error=row.error),
-            session=session,
-        )  # fmt: skip
-        if retry is not None:
-            await self._audit.record(
-                type="job.run.retry_scheduled", actor=actor, principal_kind=actor.kind, probe_id=row.probe_id,
-                summary=f"Job run retry scheduled: {row.job_id}",
-                detail=_detail(retry, deferred_until=retry.scheduled_for.isoformat(), previous_run_id=row.id),
-                session=session,
-            )  # fmt: skip
 
     def _publish_transition(self, read: JobRunRead, to: RunStatus, retry: JobRun | None) -> None:
         detail = {
@@ -393,7 +432,7 @@ class RunLifecycle:
             NotFound: If ``query.job_id`` names no job.
             InvalidRequest: If the cursor is not one this listing produced.
         """
-        after = decode_cursor(query.cursor) if query.cursor else None
+        after = decode_cursor(query.cursor, what="run") if query.cursor else None
         async with self._db.read() as session:
             if query.job_id is not None:
                 await self._job(session, query.job_id)
@@ -406,7 +445,8 @@ class RunLifecycle:
         counts = {status.value: 0 for status in RunStatus}
         for run in page:
             counts[run.status.value] += 1
-        next_cursor = encode_cursor(rows[query.limit - 1]) if len(rows) > query.limit else None
+        last = rows[query.limit - 1] if len(rows) > query.limit else None
+        next_cursor = encode_cursor(last.created_at, last.id) if last is not None else None
         return JobRunPage(runs=page, count=len(page), counts=counts, next_cursor=next_cursor)
 
     # -- output -------------------------------------------------------------------------------------------------

@@ -386,6 +386,24 @@ class JobService(RunLifecycle):
         present = [moment for moment in moments if moment is not None]
         return min(present) if present else None
 
+    async def dispatch_infos(self, run_ids: Sequence[str]) -> list[JobDispatch]:
+        """:meth:`dispatch_info` for many runs in one read; runs (or jobs) that no longer exist are left out."""
+        async with self._db.read() as session:
+            runs = await self._store.get_runs(session, run_ids)
+            jobs = await self._store.get_jobs(session, (run.job_id for run in runs.values()))
+        infos: list[JobDispatch] = []
+        for run_id in dict.fromkeys(run_ids):
+            run = runs.get(run_id)
+            job = jobs.get(run.job_id) if run is not None else None
+            if run is not None and job is not None:
+                infos.append(
+                    JobDispatch(
+                        run=run_read(run), kind=job.command_kind, spec=job.command_spec, timeout_s=job.timeout_s,
+                        owner=job.owner, owner_id=job.owner_id, owner_kind=job.owner_kind,
+                    )
+                )  # fmt: skip
+        return infos
+
     async def dispatch_info(self, run_id: str) -> JobDispatch:
         """The run with its job's full command and owner, for sending it.
 

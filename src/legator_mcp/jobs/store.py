@@ -4,8 +4,6 @@ Run status changes are compare-and-set ``UPDATE … WHERE status IN (allowed-fro
 (a result and a cancel, two schedulers) exactly one matches the row, and the loser learns it lost.
 """
 
-import base64
-import binascii
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -14,35 +12,9 @@ from sqlalchemy import CursorResult, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from legator_mcp.db._errors import map_db_errors
-from legator_mcp.errors import InvalidRequest
 from legator_mcp.jobs.models import Job, JobRun, JobRunChunk
 
-__all__ = ["JobStore", "decode_cursor", "encode_cursor"]
-
-_SEP = "|"
-
-
-def encode_cursor(row: JobRun) -> str:
-    """The opaque cursor that continues a newest-first run listing after ``row``."""
-    raw = f"{row.created_at.isoformat()}{_SEP}{row.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode("ascii").rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The ``(created_at, id)`` of a cursor from :func:`encode_cursor`.
-
-    Raises:
-        InvalidRequest: If the cursor was not produced by :func:`encode_cursor`.
-    """
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, sep, run_id = raw.partition(_SEP)
-        created_at = datetime.fromisoformat(stamp)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRequest("invalid run cursor", details={"field": "cursor"}) from exc
-    if not sep or not run_id or created_at.tzinfo is None:
-        raise InvalidRequest("invalid run cursor", details={"field": "cursor"})
-    return created_at, run_id
+__all__ = ["JobStore"]
 
 
 class JobStore:
@@ -117,6 +89,23 @@ class JobStore:
 
     async def get_run(self, session: AsyncSession, run_id: str) -> JobRun | None:
         return (await session.execute(select(JobRun).where(JobRun.id == run_id))).scalar_one_or_none()
+
+    async def get_runs(self, session: AsyncSession, run_ids: Sequence[str]) -> dict[str, JobRun]:
+        """The runs with these ids that exist, by id (one query per 500 ids)."""
+        found: dict[str, JobRun] = {}
+        ids = list(dict.fromkeys(run_ids))
+        for start in range(0, len(ids), 500):
+            statement = select(JobRun).where(JobRun.id.in_(ids[start : start + 500]))
+            found.update((row.id, row) for row in (await session.execute(statement)).scalars())
+        return found
+
+    async def get_jobs(self, session: AsyncSession, job_ids: Iterable[str]) -> dict[str, Job]:
+        """The jobs with these ids that exist, by id."""
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return {}
+        statement = select(Job).where(Job.id.in_(ids))
+        return {row.id: row for row in (await session.execute(statement)).scalars()}
 
     async def run_by_request(self, session: AsyncSession, request_id: str) -> JobRun | None:
         statement = select(JobRun).where(JobRun.request_id == request_id)

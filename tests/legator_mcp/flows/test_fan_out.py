@@ -8,7 +8,7 @@ import httpx
 import pytest
 from tests.support.app import Running
 
-from legator_mcp.errors import InvalidRequest, NotFound, PermissionDenied
+from legator_mcp.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from legator_mcp.flows.fan_out import TargetResult, TargetSelector, summarise
 from legator_mcp.flows.run_command import CommandRequest
 from legator_mcp.principal import Permission, Principal, PrincipalKind
@@ -125,3 +125,22 @@ async def test_rest_fan_out_checks_permission_and_input(running: Running) -> Non
     async with running.client(reader_key) as reader:
         denied: httpx.Response = await reader.post("/api/v1/fleet/by-tag/web/command", json={"command": "true"})
         assert denied.status_code == 403
+
+
+async def test_callers_request_ids_name_the_commands_and_must_be_distinct_one_per_target(running: Running) -> None:
+    services = running.app.services
+    ids = [await _register(running, f"job-{i}", ["jobs"]) for i in range(2)]
+    probes = [await services.fleet.get_probe(probe_id) for probe_id in ids]
+    decisions = await services.command_flow.evaluate_many(actor=OPERATOR, probes=probes, request=ECHO)
+    targets = list(zip(probes, decisions, strict=True))
+    flow = services.command_flow
+    for bad in (["req-a"], ["req-a", "req-a"]):
+        with pytest.raises(InvalidRequest):
+            await flow.record_denied(actor=OPERATOR, targets=targets, request=ECHO, request_ids=bad)
+    runs = await flow.record_denied(actor=OPERATOR, targets=targets, request=ECHO, request_ids=["req-a", "req-b"])
+    assert [(run.request_id, run.probe_id, run.status) for run in runs] == [
+        ("req-a", ids[0], "denied"), ("req-b", ids[1], "denied")
+    ]  # fmt: skip
+    # The same ids again: the commands exist already, so nothing is recorded twice.
+    with pytest.raises(Conflict):
+        await flow.record_denied(actor=OPERATOR, targets=targets, request=ECHO, request_ids=["req-a", "req-b"])

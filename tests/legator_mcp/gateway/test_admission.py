@@ -6,14 +6,12 @@ from collections.abc import AsyncIterator
 import anyio
 import httpx
 import pytest
-import uvicorn
 import websockets.asyncio.client as ws_client
-from tests.support.app import Running
+from tests.support.app import Running, serve
 from tests.support.probes import create_token
 from tests.support.waiting import until
 from websockets.exceptions import InvalidStatus
 
-from legator_mcp.app import build_app
 from legator_mcp.gateway._admission import Admission
 from legator_mcp.settings import Settings
 
@@ -79,27 +77,8 @@ async def test_a_connection_that_waited_too_long_is_told_to_come_back_later_spre
 @pytest.fixture
 async def one_handshake(settings: Settings) -> AsyncIterator[Running]:
     """A served control plane that lets one probe handshake run at a time."""
-    import socket
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    settings = settings.model_copy(
-        update={"listen_addr": f"127.0.0.1:{port}", "probe_max_handshakes": 1, "probe_handshake_queue_s": 0.2}
-    )
-    app = build_app(settings)
-    server = uvicorn.Server(app.server_config())
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        with anyio.fail_after(15):
-            await app.started.wait()
-        assert app.new_admin_key is not None
-        try:
-            yield Running(app, app.new_admin_key, f"http://127.0.0.1:{port}")
-        finally:
-            server.should_exit = True
-    sock.close()
+    async with serve(settings.model_copy(update={"probe_max_handshakes": 1, "probe_handshake_queue_s": 0.2})) as cp:
+        yield cp
 
 
 async def _credential(cp: Running, hostname: str) -> str:

@@ -7,7 +7,6 @@ import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,12 @@ import anyio
 import httpx
 import httpx2
 import pytest
-import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from tests.support.app import Running
+from tests.support.app import Running, serve
 from tests.support.mcp import tool_error_code
 from tests.support.probes import ProbeProcess, create_token, start_probe
 
-from legator_mcp.app import build_app
 from legator_mcp.audit.schemas import AuditQuery
 from legator_mcp.commands.schemas import CommandStatus
 from legator_mcp.errors import LegatorError
@@ -43,26 +40,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@asynccontextmanager
-async def _serve(settings: Settings, port: int) -> AsyncIterator[Running]:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)
-    app = build_app(settings.model_copy(update={"listen_addr": f"127.0.0.1:{port}"}))
-    server = uvicorn.Server(uvicorn.Config(app.asgi, log_config=None, lifespan="on", ws_max_size=8 * 1024 * 1024))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        with anyio.fail_after(20):
-            await app.started.wait()
-        key = app.new_admin_key or (settings.data_dir / "admin-api-key").read_text(encoding="utf-8").strip()
-        try:
-            yield Running(app, key, f"http://127.0.0.1:{port}")
-        finally:
-            server.should_exit = True
-    sock.close()
-
-
 @pytest.fixture
 def fast_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"heartbeat_interval_s": 0.5, "offline_after_s": 3.0})
@@ -70,7 +47,7 @@ def fast_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def cp(fast_settings: Settings) -> AsyncIterator[Running]:
-    async with _serve(fast_settings, _free_port()) as running:
+    async with serve(fast_settings) as running:
         yield running
 
 
@@ -301,7 +278,7 @@ async def test_a_killed_probe_goes_offline_and_probes_reconnect_after_a_restart(
     fast_settings: Settings, tmp_path: Path
 ) -> None:
     port = _free_port()
-    async with _serve(fast_settings, port) as cp:
+    async with serve(fast_settings, port=port) as cp:
         first = await _online_probe(cp, tmp_path, name="a")
         second = await _online_probe(cp, tmp_path, name="b")
         try:
@@ -314,7 +291,7 @@ async def test_a_killed_probe_goes_offline_and_probes_reconnect_after_a_restart(
             raise
     # The control plane is gone; the second probe keeps retrying until it comes back on the same port.
     try:
-        async with _serve(fast_settings, port) as restarted:
+        async with serve(fast_settings, port=port) as restarted:
             async with restarted.app.services.events.subscribe("probe.online") as online:
                 if not restarted.app.services.hub.is_connected(second.probe_id):
                     await _wait_for(online, "probe.online", second.probe_id, timeout=45)

@@ -4,7 +4,6 @@ cancellation reaching the probes.
 """
 
 import json
-import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -14,13 +13,11 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from tests.support.app import Running
-from tests.support.probes import ProbeProcess, running_probes
+from tests.support.app import Running, serve
+from tests.support.probes import ProbeProcess, online_probes
 
-from legator_mcp.app import build_app
 from legator_mcp.approval.service import ApprovalDecided
 from legator_mcp.commands.schemas import CommandStatus
 from legator_mcp.flows.fan_out import TargetSelector
@@ -35,40 +32,11 @@ TAG = "fanout"
 
 
 @asynccontextmanager
-async def _serve(settings: Settings) -> AsyncIterator[Running]:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = int(sock.getsockname()[1])
-    app = build_app(settings.model_copy(update={"listen_addr": f"127.0.0.1:{port}"}))
-    server = uvicorn.Server(uvicorn.Config(app.asgi, log_config=None, lifespan="on"))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        with anyio.fail_after(20):
-            await app.started.wait()
-        key = app.new_admin_key or (settings.data_dir / "admin-api-key").read_text(encoding="utf-8").strip()
-        try:
-            yield Running(app, key, f"http://127.0.0.1:{port}")
-        finally:
-            server.should_exit = True
-    sock.close()
-
-
-@asynccontextmanager
 async def _fleet(settings: Settings, workdir: Path) -> AsyncIterator[tuple[Running, list[ProbeProcess]]]:
     """A control plane with ``COUNT`` real probes tagged ``TAG``, all online."""
     fast = settings.model_copy(update={"heartbeat_interval_s": 0.5, "offline_after_s": 3.0})
-    async with _serve(fast) as cp:
-        async with cp.app.services.events.subscribe("probe.online") as online:
-            async with running_probes(cp.base_url, cp.admin_key, workdir, COUNT, tags=TAG) as probes:
-                waiting = {p.probe_id for p in probes}
-                with anyio.fail_after(60):
-                    async for event in online:
-                        waiting.discard(event.probe_id or "")
-                        if not waiting:
-                            break
-                yield cp, sorted(probes, key=lambda p: p.probe_id)
+    async with serve(fast) as cp, online_probes(cp, workdir, COUNT, tags=TAG) as probes:
+        yield cp, probes
 
 
 def _home(probe: ProbeProcess) -> Path:

@@ -3,7 +3,6 @@ right minutes, failing commands retry with their backoff and give up, cancel sto
 retry makes a new attempt, and policy denies or queues a job above a probe's level.
 """
 
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -11,11 +10,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-import uvicorn
-from tests.support.app import Running
-from tests.support.probes import ProbeProcess, running_probes
+from tests.support.app import Running, serve
+from tests.support.probes import ProbeProcess, online_probes
 
-from legator_mcp.app import build_app
+from legator_mcp.app import LegatorApp
 from legator_mcp.commands.schemas import CommandStatus
 from legator_mcp.events.service import Subscription
 from legator_mcp.jobs.clock import ManualClock
@@ -30,28 +28,15 @@ T0 = datetime(2030, 1, 1, 10, 2, 30, tzinfo=UTC)
 
 @asynccontextmanager
 async def _serve(settings: Settings, clock: ManualClock) -> AsyncIterator[Running]:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = int(sock.getsockname()[1])
-    fast = settings.model_copy(
-        update={"listen_addr": f"127.0.0.1:{port}", "heartbeat_interval_s": 0.5, "offline_after_s": 5.0}
-    )
-    app = build_app(fast)
-    app.services.jobs.clock = clock
-    server = uvicorn.Server(uvicorn.Config(app.asgi, log_config=None, lifespan="on"))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
+    fast = settings.model_copy(update={"heartbeat_interval_s": 0.5, "offline_after_s": 5.0})
+
+    def use_clock(app: LegatorApp) -> None:
+        app.services.jobs.clock = clock
+
+    async with serve(fast, prepare=use_clock) as cp:
         with anyio.fail_after(20):
-            await app.started.wait()
-            await app.services.job_scheduler.leading.wait()
-        assert app.new_admin_key is not None
-        try:
-            yield Running(app, app.new_admin_key, f"http://127.0.0.1:{port}")
-        finally:
-            server.should_exit = True
-    sock.close()
+            await cp.app.services.job_scheduler.leading.wait()
+        yield cp
 
 
 @asynccontextmanager
@@ -59,16 +44,8 @@ async def _fleet(
     settings: Settings, workdir: Path, *, level: str = "remediate", count: int = 1
 ) -> AsyncIterator[tuple[Running, ManualClock, list[ProbeProcess]]]:
     clock = ManualClock(T0)
-    async with _serve(settings, clock) as cp:
-        async with cp.app.services.events.subscribe("probe.online") as online:
-            async with running_probes(cp.base_url, cp.admin_key, workdir, count, level=level, tags="jobs") as probes:
-                waiting = {p.probe_id for p in probes}
-                with anyio.fail_after(60):
-                    async for event in online:
-                        waiting.discard(event.probe_id or "")
-                        if not waiting:
-                            break
-                yield cp, clock, probes
+    async with _serve(settings, clock) as cp, online_probes(cp, workdir, count, level=level, tags="jobs") as probes:
+        yield cp, clock, probes
 
 
 async def _until_run(
