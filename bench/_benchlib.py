@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,8 @@ __all__ = [
     "VENV_BIN",
     "ControlPlane",
     "ProcSample",
+    "cpu_seconds",
+    "finish",
     "free_port",
     "machine_info",
     "mib",
@@ -35,6 +37,8 @@ __all__ = [
     "proc_sample",
     "raise_fd_limit",
     "source_info",
+    "start_group",
+    "stop_group",
     "summarize",
     "vm_rss_bytes",
     "write_json",
@@ -215,6 +219,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# -- processes we start ---------------------------------------------------------------------------------------
+
+
+def start_group(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` as the leader of a new session (so :func:`stop_group` reaches its children), output to ``log``."""
+    with open(log, "ab") as fh:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )  # fmt: skip
+
+
+def stop_group(procs: Sequence[subprocess.Popen[bytes]], *, timeout_s: float = 15.0) -> None:
+    """SIGTERM the process groups of ``procs`` (started by :func:`start_group`) at once, then SIGKILL what is left.
+
+    A group is signalled only while its leader has not been reaped, so its id cannot belong to someone else.
+    """
+    live = [p for p in procs if p.poll() is None]
+    for proc in live:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in live:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
 # -- a control plane in a subprocess ------------------------------------------------------------------------
 
 
@@ -364,3 +399,23 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` as indented JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def finish(
+    results: dict[str, Any],
+    *,
+    report: Callable[[dict[str, Any]], None],
+    json_path: str | None,
+    failed: BaseException | None,
+) -> None:
+    """End a bench script: print the report, write ``--json``, and exit non-zero if the run failed.
+
+    Raises:
+        SystemExit: If ``failed`` (what was measured before the failure is reported and written first).
+    """
+    report(results)
+    if json_path:
+        write_json(Path(json_path), results)
+        print(f"\nwrote {json_path}")
+    if failed is not None:
+        raise SystemExit(f"failed: {results.get('error')}")

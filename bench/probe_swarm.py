@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import random
 import resource
+import shlex
 import shutil
 import sqlite3
 import sys
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from _benchlib import (  # pyright: ignore[reportMissingImports]
@@ -58,15 +59,20 @@ from legator_probe import __version__
 from legator_probe.agent.backoff import Attempt, Backoff
 from legator_probe.protocol import (
     BackoffMessage,
+    CommandMessage,
+    CommandPayload,
+    CommandResultPayload,
     ErrorMessage,
     HeartbeatPayload,
     HelloPayload,
     InvalidState,
     InventoryPayload,
+    OutputChunkPayload,
     PolicyUpdateMessage,
     ProbeProtocol,
     ProtocolViolation,
     Rejected,
+    ShellCommand,
     Side,
     State,
     TrustedKey,
@@ -79,6 +85,8 @@ OPEN_TIMEOUT_S = 30.0
 """Handshake bound (the real agent's ``open_timeout_s``): TCP + upgrade, then ``welcome`` and the signed policy."""
 ADMIT_PER_SECOND, ADMIT_BURST = 200.0, 500
 """The gateway's admission bucket (``Hub(admit_per_second=200, admit_burst=500)``), for the lower bound we print."""
+PER_CONNECTION_FLOOD_CAP = 50.0
+"""Heartbeats a second one simulated probe sends at most in the flood (the gateway allows 100 frames/s)."""
 UPTIME_STRIDE = 1_000_000.0
 """Heartbeats carry ``uptime_s = run_tag * stride + seq``; the database then tells how many were committed."""
 
@@ -191,7 +199,7 @@ class CommitCounter:
 
         if self._pg is None:
             dsn = self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
-            self._pg = await asyncpg.connect(dsn)
+            self._pg = cast(Any, await asyncpg.connect(dsn))  # asyncpg ships no type information
         return await self._pg.fetchrow(query, *args)
 
     def _sqlite(self, query: str, args: tuple[Any, ...]) -> Any:
@@ -298,6 +306,9 @@ class Stats:
     heartbeats_sent: int = 0
     inventories_sent: int = 0
     closed: int = 0
+    crashed: int = 0
+    commands_answered: int = 0
+    commands_refused: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -307,7 +318,8 @@ class Stats:
             "server_errors": dict(self.server_errors), "server_closes": dict(self.server_closes),
             "violations": self.violations,
             "backoff_messages": self.backoff_messages, "heartbeats_sent": self.heartbeats_sent,
-            "inventories_sent": self.inventories_sent, "closed": self.closed,
+            "inventories_sent": self.inventories_sent, "closed": self.closed, "crashed": self.crashed,
+            "commands_answered": self.commands_answered, "commands_refused": self.commands_refused,
         }  # fmt: skip
 
 
@@ -405,6 +417,14 @@ class Swarm:
         """Start every probe: all at once, or the i-th after ``i / rate`` seconds (a paced roll-out)."""
         self.new_epoch()
         self._tasks = [asyncio.create_task(p.life(i / rate if rate > 0 else 0.0)) for i, p in enumerate(self.probes)]
+        for task in self._tasks:
+            task.add_done_callback(self._on_done)
+
+    def _on_done(self, task: "asyncio.Task[None]") -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.stats.crashed += 1
+            if self.stats.crashed == 1:
+                print(f"a simulated probe crashed: {task.exception()!r}", file=sys.stderr)
 
     def abort_all(self) -> int:
         """Drop every open connection at once (no close handshake, like a network cut); returns how many."""
@@ -527,6 +547,8 @@ class SimProbe:
                         swarm.stats.policies_verified += 1
                         if welcomed:
                             self._set_ready(True)
+                    elif isinstance(event, CommandMessage):
+                        self._answer(protocol, event.payload)
                     elif isinstance(event, Rejected):
                         swarm.stats.signature_rejections += 1
                     elif isinstance(event, BackoffMessage):
@@ -545,7 +567,7 @@ class SimProbe:
             pass
         finally:
             watchdog.cancel()
-            received = ws.close_rcvd
+            received = ws.protocol.close_rcvd
             if received is not None and not swarm.stopping:
                 # Closed by the control plane (a replaced connection, the offline sweep, a full send queue...).
                 swarm.stats.server_closes[f"{received.code} {received.reason}".strip()] += 1
@@ -563,6 +585,32 @@ class SimProbe:
         if retry_after is not None:
             return Attempt("retry_after", lived_s=lived, retry_after_s=retry_after)
         return Attempt("closed", lived_s=lived)
+
+    def _answer(self, protocol: ProbeProtocol, command: CommandPayload) -> None:
+        """Answer a ``command`` (its signature already verified by the protocol) without running anything.
+
+        ``echo`` (argv or a plain script) gets its output, streamed first when asked, like the agent; anything else
+        is refused: a simulated probe has no shell.
+        """
+        output = _echo_output(command)
+        if output is None:
+            self.swarm.stats.commands_refused += 1
+            refusal = "a simulated probe only echoes"
+            protocol.send_result(
+                CommandResultPayload(request_id=command.request_id, status="refused", error_code="sim", error=refusal)
+            )
+            return
+        if command.stream and output:
+            protocol.send_output_chunk(
+                OutputChunkPayload(request_id=command.request_id, seq=0, stream="stdout", data=output)
+            )
+        protocol.send_result(
+            CommandResultPayload(
+                request_id=command.request_id, status="ok", exit_code=0, stdout=output,
+                stdout_bytes=len(output.encode("utf-8")),
+            )
+        )  # fmt: skip
+        self.swarm.stats.commands_answered += 1
 
     async def _heartbeats(self, ws: ClientConnection, protocol: ProbeProtocol) -> None:
         """Like the agent: one at once, then every interval; re-phased at random when the interval changes."""
@@ -583,6 +631,25 @@ class SimProbe:
                 next_at = max(next_at + swarm.hb_interval, loop.time())
         except (ConnectionClosed, OSError, InvalidState):
             return
+
+
+def _echo_output(command: CommandPayload) -> str | None:
+    """What ``echo`` would print for a shell command that is only an ``echo`` of plain words, else ``None``."""
+    if not isinstance(command, ShellCommand):
+        return None
+    if command.spec.argv is not None:
+        words = command.spec.argv
+    else:
+        script = command.spec.script or ""
+        if any(c in script for c in "\\$`;&|<>(){}*?[]~#\n"):
+            return None
+        try:
+            words = shlex.split(script)
+        except ValueError:
+            return None
+    if not words or words[0] not in ("echo", "/bin/echo", "/usr/bin/echo"):
+        return None
+    return " ".join(words[1:]) + "\n"
 
 
 async def _flush(ws: ClientConnection, protocol: ProbeProtocol) -> None:
@@ -704,7 +771,7 @@ def fleet_view(server: ControlPlane) -> dict[str, Any] | None:
 async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
     n = args.probes
     results["machine"] = machine_info()
-    soft, hard = raise_fd_limit(n + 1024 if args.server else 2 * n + 2048)
+    soft, hard = raise_fd_limit(n + 2048)  # per process: ours, and the server we start inherits it
     results["fd_limit"] = {"soft": soft, "hard": hard}
     print(f"fd limit {soft} (hard {hard}); {n} probes")
 
@@ -834,7 +901,7 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
         }  # fmt: skip
         print(
             f"hold: {swarm.ready_count} connected, server RSS median "
-            f"{mib(summarize(hold_rss)['median'] if hold_rss else None)} MiB"
+            f"{mib((summarize(hold_rss) or {}).get('median') if hold_rss else None)} MiB"
         )
 
         # -- flood: heartbeat throughput ----------------------------------------------------------------------
@@ -890,7 +957,9 @@ async def _flood(
     args: argparse.Namespace, swarm: Swarm, sampler: Sampler, counter: CommitCounter, results: dict[str, Any]
 ) -> None:
     n = len(swarm.probes)
-    interval = max(0.01, n / args.flood_rate)
+    # At most 50 heartbeats/s per connection: half the gateway's per-connection frame limit (100/s), so the flood
+    # measures heartbeat handling, not the rate limiter closing connections.
+    interval = max(1 / PER_CONNECTION_FLOOD_CAP, n / args.flood_rate)
     sampler.phase = "flood"
     series: list[tuple[float, int]] = []
     start_count = await counter.heartbeats()
