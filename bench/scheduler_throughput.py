@@ -57,6 +57,8 @@ class SimSession:
         self._hub = hub
         self._arrivals = arrivals
         self._answer = answer
+        self._replies: set[asyncio.Task[None]] = set()
+        """Reply tasks in flight, referenced until done (the event loop keeps only weak references)."""
 
     async def send_signed(self, signed: Any) -> None:
         payload = signed.payload if hasattr(signed, "payload") else None
@@ -70,7 +72,9 @@ class SimSession:
             event.set()
         if self._answer:
             result = CommandResultPayload(request_id=request_id, status="ok", exit_code=0, stdout="ok\n")
-            asyncio.get_running_loop().create_task(self._hub.on_result(self.probe_id, result))
+            reply = asyncio.get_running_loop().create_task(self._hub.on_result(self.probe_id, result))
+            self._replies.add(reply)
+            reply.add_done_callback(self._replies.discard)
 
     async def close(self, *, code: int = 1000, reason: str = "") -> None:
         self.done.set()
