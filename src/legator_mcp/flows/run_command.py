@@ -291,15 +291,26 @@ class CommandFlow:
                 for command, (_, decision) in zip(commands, targets, strict=True)
             ],
         )
+        unsent = await self._send(commands)
+        return [unsent.get(run.request_id, run) for run in runs]
+
+    async def _send(self, commands: Sequence[CommandPayload], *, note: str = "") -> dict[str, CommandRunRead]:
+        """Sign and send ``commands``; each one that could not be sent is finished as ``error`` saying why.
+
+        Returns:
+            The finished runs of the commands that were not sent, by request id.
+        """
         failed = await self._hub.dispatch_many(commands)
-        for index, run in enumerate(runs):
-            exc = failed.get(run.request_id)
-            if exc is not None:
-                code = "probe_unavailable" if isinstance(exc, ProbeUnavailable) else exc.code
-                runs[index] = await self._commands.fail(
-                    request_id=run.request_id, status=CommandStatus.ERROR, error_code=code, error=exc.message
-                ) or await self._commands.get(run.request_id)  # fmt: skip
-        return runs
+        unsent: dict[str, CommandRunRead] = {}
+        for command in commands:
+            exc = failed.get(command.request_id)
+            if exc is None:
+                continue
+            code = "probe_unavailable" if isinstance(exc, ProbeUnavailable) else exc.code
+            unsent[command.request_id] = await self._commands.fail(
+                request_id=command.request_id, status=CommandStatus.ERROR, error_code=code, error=note + exc.message
+            ) or await self._commands.get(command.request_id)  # fmt: skip
+        return unsent
 
     async def queue_many(
         self, *, actor: Principal, probe_ids: list[str], request: CommandRequest
@@ -418,13 +429,7 @@ class CommandFlow:
             )
             for run in moved
         ]
-        failed = await self._hub.dispatch_many(commands)
-        for command in commands:
-            if command.request_id in failed:
-                await self._commands.fail(
-                    request_id=command.request_id, status=CommandStatus.ERROR, error_code="probe_unavailable",
-                    error=f"approved, but probe {command.probe_id} is not connected",
-                )  # fmt: skip
+        await self._send(commands, note="approved, but not sent: ")
 
     async def _settle_pending(self, run: CommandRunRead) -> CommandRunRead:
         """A run still waiting for approval finishes when its approval was denied or expired."""
