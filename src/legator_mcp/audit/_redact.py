@@ -6,15 +6,21 @@ gives exactly what :func:`~legator_probe.protocol.sanitize.sanitize_mapping` giv
 the redaction of short strings and the verdict on keys, so a batch pays for each distinct string once.
 """
 
+import re
 from functools import lru_cache
 from typing import Any, cast
 
 from legator_probe.protocol.sanitize import REDACTED, is_secret_key, sanitize
 
-__all__ = ["redact_json", "redact_text"]
+__all__ = ["redact_item", "redact_json", "redact_text"]
 
 _MEMO_MAX_CHARS = 1024
 """Longer strings (command output, file previews) are rarely repeated: they are redacted without the memo."""
+
+
+_INERT = re.compile(r"(?:[a-z]{1,8}-)?[0-9a-f]{1,128}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+"""Identifiers we mint (``cmd-…``, ``prb-…``, digests, UUIDs): lower-case hex with at most a short prefix, which no
+rule of :func:`sanitize` rewrites (a test holds it to that). They are unique per event, so the memo cannot help."""
 
 
 @lru_cache(maxsize=8192)
@@ -27,6 +33,8 @@ _secret_key = lru_cache(maxsize=1024)(is_secret_key)
 
 def redact_text(text: str) -> str:
     """``sanitize(text)``, remembered for short strings."""
+    if _INERT.fullmatch(text):
+        return text
     return _redact_short(text) if len(text) <= _MEMO_MAX_CHARS else sanitize(text)
 
 
@@ -41,6 +49,11 @@ def _item(key: object, item: Any) -> Any:
     if isinstance(item, list):
         return [_item(None, element) for element in cast(list[Any], item)]
     return item
+
+
+def redact_item(key: str, item: Any) -> Any:
+    """What :func:`redact_json` makes of ``item`` found under ``key`` (plain JSON data)."""
+    return _item(key, item)
 
 
 def redact_json(value: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from legator_mcp.audit import store
 from legator_mcp.audit._chain import ChainVerifier, Checkpoint, to_json_value
-from legator_mcp.audit._redact import redact_json, redact_text
+from legator_mcp.audit._redact import redact_item, redact_json, redact_text
 from legator_mcp.audit.schemas import (
     EVENT_TYPE_PATTERN,
     PURGED_EVENT_TYPE,
@@ -41,14 +41,38 @@ def _clean_text(value: str) -> str:
     return cleaned
 
 
-def _clean_mapping(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+SharedValues = dict[tuple[str, int], tuple[Any, Any]]
+"""Within one batch: ``(key, id(value))`` of a nested dict or list → ``(value, its cleaned form)``. A fan-out's
+events carry the same spec and rationale objects; each is converted and redacted once per batch (the value is
+kept alongside so that its id cannot be reused while the batch is being built)."""
+
+
+def _clean_mapping(value: Mapping[str, Any] | None, shared: SharedValues | None = None) -> dict[str, Any] | None:
     if value is None:
         return None
-    plain = to_json_value(value)
-    if not isinstance(plain, dict):
-        raise InvalidRequest("audit detail, before and after must be JSON objects")
-    # Already plain JSON: redaction only replaces text, so what it returns needs no second conversion.
-    return redact_json(cast(dict[str, Any], plain))
+    # Callers outside the type checker may hand over anything: only a mapping with text keys takes the shared path.
+    untyped = cast(object, value)
+    if (
+        shared is None
+        or not isinstance(untyped, Mapping)
+        or not all(isinstance(k, str) for k in cast(Mapping[object, Any], untyped))
+    ):
+        plain = to_json_value(value)
+        if not isinstance(plain, dict):
+            raise InvalidRequest("audit detail, before and after must be JSON objects")
+        # Already plain JSON: redaction only replaces text, so what it returns needs no second conversion.
+        return redact_json(cast(dict[str, Any], plain))
+    cleaned: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, dict | list):
+            slot = (key, id(cast(object, item)))
+            hit: tuple[Any, Any] | None = shared.get(slot)
+            if hit is None:
+                hit = shared[slot] = (cast(object, item), redact_item(key, to_json_value(item)))
+            cleaned[key] = hit[1]
+        else:
+            cleaned[key] = redact_item(key, to_json_value(item))
+    return cleaned
 
 
 @dataclass(frozen=True)
@@ -67,7 +91,7 @@ class AuditEntry:
     principal_kind: PrincipalKind = PrincipalKind.ANONYMOUS
 
 
-def _fields(entry: AuditEntry) -> dict[str, Any]:
+def _fields(entry: AuditEntry, shared: SharedValues | None = None) -> dict[str, Any]:
     """The stored columns of ``entry`` (except its place in the chain), sanitised.
 
     Raises:
@@ -87,9 +111,9 @@ def _fields(entry: AuditEntry) -> dict[str, Any]:
         "via": via,
         "probe_id": to_json_value(entry.probe_id),
         "summary": _clean_text(entry.summary),
-        "detail": _clean_mapping(entry.detail),
-        "before": _clean_mapping(entry.before),
-        "after": _clean_mapping(entry.after),
+        "detail": _clean_mapping(entry.detail, shared),
+        "before": _clean_mapping(entry.before, shared),
+        "after": _clean_mapping(entry.after, shared),
         "request_id": to_json_value(entry.request_id if entry.request_id is not None else request_id_var.get()),
     }
 
@@ -191,7 +215,8 @@ class AuditService:
         """
         if not entries:
             return 0
-        batch = [_fields(entry) for entry in entries]
+        shared: SharedValues = {}
+        batch = [_fields(entry, shared) for entry in entries]
         with map_db_errors():
             await store.append_many(session, clock=self._clock, events=batch)
         return len(batch)

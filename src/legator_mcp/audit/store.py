@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, CursorResult, Select, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,6 +19,7 @@ from legator_mcp.audit._chain import GENESIS_HASH, event_hash
 from legator_mcp.audit.models import AuditCheckpoint, AuditEvent, AuditHead
 from legator_mcp.audit.schemas import AuditQuery
 from legator_mcp.db.base import new_id
+from legator_mcp.db.bulk import insert_rows
 from legator_mcp.errors import InvalidRequest
 
 __all__ = [
@@ -175,7 +176,7 @@ async def append_many(
         fields["hash"] = event_hash(fields)
         rows.append(fields)
         last_seq, last_hash = fields["seq"], fields["hash"]
-    await session.execute(insert(AuditEvent), rows)
+    await insert_rows(session, AuditEvent, rows)
     await session.execute(
         update(AuditHead)
         .where(AuditHead.id == _HEAD_ID)

@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -86,6 +87,9 @@ async def _run(app: LegatorApp, sock: socket.socket, on_ready: Callable[[], Awai
 
     async def announce() -> None:
         await app.started.wait()
+        # What exists once started (modules, services, the app) lives as long as the process: keep it out of
+        # every full collection from here on.
+        gc.freeze()
         if on_ready is not None:
             await on_ready()
 
@@ -97,7 +101,17 @@ async def _run(app: LegatorApp, sock: socket.socket, on_ready: Callable[[], Awai
         raise CliError("the control plane failed to start; see the log above", exit_code=1)
 
 
+GC_THRESHOLDS = (50_000, 50, 100)
+"""Cyclic garbage collection thresholds of a serving process (CPython's defaults are 700, 10, 10).
+
+With a thousand probes connected the heap holds ~450,000 tracked objects. At the defaults the collector ran ~150
+times per 1,000-target fan-out and took a quarter of its CPU time (0.7-0.85 s of ~3 s, measured with gc.callbacks);
+at these thresholds it stays below 1 %. Most garbage is freed by reference counting; this only delays cycles.
+"""
+
+
 def _start(settings: Settings, on_ready: Callable[[LegatorApp, str], Awaitable[None]] | None) -> int:
+    gc.set_threshold(*GC_THRESHOLDS)
     configure_logging(settings.log_level, settings.log_format)
     _warn_exposure(settings)
     sock = _bind(settings.host, settings.port)

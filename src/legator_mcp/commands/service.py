@@ -204,7 +204,7 @@ class CommandService:
                 [
                     AuditEntry(
                         type=_CREATED_AUDIT[run.status], actor=actor, probe_id=row["probe_id"],
-                        summary=f"{row['kind']} command {row['request_id']} {run.status.value} "
+                        summary=f"{row['kind']} command {run.status.value} "
                         f"(risk {run.decision.risk})",
                         detail={
                             "request_id": row["request_id"], "kind": row["kind"], "spec": row["spec"],
@@ -312,7 +312,7 @@ class CommandService:
                         actor=f"probe:{probe_id}",
                         principal_kind=PrincipalKind.PROBE,
                         probe_id=probe_id,
-                        summary=f"command {result.request_id} finished: {result.status} (exit {result.exit_code})",
+                        summary=f"command finished: {result.status} (exit {result.exit_code})",
                         detail={
                             "request_id": result.request_id,
                             "status": result.status,
@@ -368,7 +368,7 @@ class CommandService:
             actor="legator",
             principal_kind=PrincipalKind.SYSTEM,
             probe_id=row.probe_id,
-            summary=f"command {row.request_id} finished: {status.value} ({error_code})",
+            summary=f"command finished: {status.value} ({error_code})",
             detail={"request_id": row.request_id, "status": status.value, "error_code": error_code, "error": error},
             session=session,
         )
@@ -408,7 +408,7 @@ class CommandService:
                 entries.append(
                     AuditEntry(
                         type="command.sent", actor=actor, principal_kind=PrincipalKind.SYSTEM,
-                        probe_id=row["probe_id"], summary=f"approved {row['kind']} command {request_id} dispatched",
+                        probe_id=row["probe_id"], summary=f"approved {row['kind']} command dispatched",
                         detail={
                             "request_id": request_id, "approval_id": row["approval_id"],
                             "payload_sha256": row["payload_sha256"],
@@ -432,7 +432,7 @@ class CommandService:
             actor=actor,
             principal_kind=actor.kind,
             probe_id=run.probe_id,
-            summary=f"cancel requested for command {run.request_id}",
+            summary="cancel requested",
             detail={"request_id": run.request_id},
         )
 

@@ -4,11 +4,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from legator_mcp.commands.models import CommandRun
 from legator_mcp.db._errors import map_db_errors
+from legator_mcp.db.bulk import insert_rows, update_rows
 
 __all__ = ["CommandStore"]
 
@@ -25,7 +26,7 @@ class CommandStore:
     async def insert_many(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
         """Insert rows given as column values, in one multi-row statement (no ORM objects to build)."""
         with map_db_errors("a command with one of these request ids already exists"):
-            await session.execute(insert(CommandRun), list(rows))
+            await insert_rows(session, CommandRun, rows)
 
     async def values_for_update(self, session: AsyncSession, request_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The rows with these ids as (mutable) column-value dicts, locked until the transaction ends."""
@@ -45,7 +46,7 @@ class CommandStore:
     async def update_many(self, session: AsyncSession, changes: Sequence[dict[str, Any]]) -> None:
         """Apply column changes to rows by ``request_id`` (each dict names it), batched into one statement."""
         if changes:
-            await session.execute(update(CommandRun), list(changes))
+            await update_rows(session, CommandRun, changes, key="request_id")
 
     async def get(self, session: AsyncSession, request_id: str, *, for_update: bool = False) -> CommandRun | None:
         statement = select(CommandRun).where(CommandRun.request_id == request_id)

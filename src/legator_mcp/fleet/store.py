@@ -8,6 +8,7 @@ from sqlalchemy import Row, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from legator_mcp.db._errors import map_db_errors
+from legator_mcp.db.bulk import update_rows
 from legator_mcp.fleet.models import Probe, ProbeInventory, ProbeTag, RegistrationToken
 
 __all__ = ["FleetStore"]
@@ -204,7 +205,7 @@ class FleetStore:
     async def apply_heartbeats(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
         """Write many probes' heartbeat columns in one executemany (each dict carries ``id``)."""
         if rows:
-            await session.execute(update(Probe), rows)
+            await update_rows(session, Probe, rows, key="id")
 
     async def offline_before(self, session: AsyncSession, cutoff: datetime) -> Sequence[Probe]:
         stmt = (

@@ -13,18 +13,16 @@ transaction per batch of results that arrive together. A result is committed bef
 ``wait=True`` returns durable results.
 """
 
-import math
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import BaseModel, ConfigDict, Field
 
 from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
-from legator_mcp.errors import InvalidRequest, LegatorError, PermissionDenied
+from legator_mcp.errors import InvalidRequest, PermissionDenied
 from legator_mcp.fleet.schemas import ProbeRead
 from legator_mcp.fleet.service import FleetService
 from legator_mcp.flows.run_command import CommandFlow, CommandRequest, Target
@@ -307,63 +305,45 @@ class FanOutFlow:
         (:meth:`CommandFlow.start_many`), and results that complete together free their slots together.
         """
         pending = deque(targets)
-        in_flight: set[str] = set()
+        probes: dict[str, ProbeRead] = {}
         free = max_concurrency
-        done, freed = anyio.create_memory_object_stream[None](math.inf)
-        try:
-            async with done, freed, anyio.create_task_group() as tg:
-                while pending and not state.over_budget:
-                    if free == 0:
-                        await freed.receive()
-                        free += 1
-                        while True:
-                            try:
-                                freed.receive_nowait()
-                            except anyio.WouldBlock:
-                                break
-                            free += 1
+        with self._flow.completions() as completions:
+            try:
+                while True:
+                    if pending and free and not state.over_budget:
+                        wave = [pending.popleft() for _ in range(min(free, len(pending)))]
+                        free -= len(wave)
+                        runs: list[CommandRunRead] = []
+                        # Shielded so every command sent is known here before a cancellation can land.
+                        with anyio.CancelScope(shield=True):
+                            runs = await self._flow.start_many(actor=actor, targets=wave, request=request)
+                            for (probe, _), run in zip(wave, runs, strict=True):
+                                if run.status is CommandStatus.DISPATCHED:
+                                    probes[run.request_id] = probe
+                                    completions.add(run)
+                        for (probe, _), run in zip(wave, runs, strict=True):
+                            if run.status is not CommandStatus.DISPATCHED:
+                                await state.record(_from_run(probe, run))
+                                free += 1
                         continue
-                    wave = [pending.popleft() for _ in range(min(free, len(pending)))]
-                    free -= len(wave)
-                    runs: list[CommandRunRead] = []
-                    # Shielded so every command sent is known here before a cancellation can land.
-                    with anyio.CancelScope(shield=True):
-                        runs = await self._flow.start_many(actor=actor, targets=wave, request=request)
-                        in_flight.update(r.request_id for r in runs if r.status is CommandStatus.DISPATCHED)
-                    for (probe, _), run in zip(wave, runs, strict=True):
-                        if run.status is CommandStatus.DISPATCHED:
-                            tg.start_soon(self._finish, probe, run, state, in_flight, done.clone())
-                        else:
-                            await state.record(_from_run(probe, run))
-                            free += 1
-        except anyio.get_cancelled_exc_class():
-            # The caller went away (MCP cancellation, shutdown): stop the commands on the probes as well.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_GRACE_S):
-                async with anyio.create_task_group() as cancelling:
-                    for request_id in sorted(in_flight):
-                        cancelling.start_soon(self._cancel, actor, request_id)
-            raise
+                    if not completions:
+                        break
+                    for request_id, run in (await completions.next()).items():
+                        probe = probes.pop(request_id)
+                        free += 1
+                        await state.record(
+                            _from_run(probe, run) if run is not None else TargetResult(
+                                probe_id=probe.id, hostname=probe.hostname, status="error", request_id=request_id,
+                                error_code="not_found",
+                            )
+                        )  # fmt: skip
+            except anyio.get_cancelled_exc_class():
+                # The caller went away (MCP cancellation, shutdown): stop the commands on the probes as well.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_GRACE_S):
+                    async with anyio.create_task_group() as cancelling:
+                        for request_id in sorted(completions.pending):
+                            cancelling.start_soon(self._cancel, actor, request_id)
+                raise
 
     async def _cancel(self, actor: Principal, request_id: str) -> None:
         await self._flow.cancel_if_running(actor=actor, request_id=request_id)
-
-    async def _finish(
-        self,
-        probe: ProbeRead,
-        run: CommandRunRead,
-        state: _Run,
-        in_flight: set[str],
-        done: MemoryObjectSendStream[None],
-    ) -> None:
-        async with done:
-            try:
-                result = _from_run(probe, await self._flow.finish(run))
-            except LegatorError as exc:
-                # One target's failure (its run vanished meanwhile, …) is that target's result, not the fan-out's.
-                result = TargetResult(
-                    probe_id=probe.id, hostname=probe.hostname, status="error", request_id=run.request_id,
-                    error_code=exc.code,
-                )  # fmt: skip
-            in_flight.discard(run.request_id)
-            await state.record(result)
-            done.send_nowait(None)

@@ -16,6 +16,7 @@ from legator_mcp.commands.service import CommandService, NewRun, new_request_id,
 from legator_mcp.errors import InvalidRequest, LegatorError, NotFound, PermissionDenied, ProbeUnavailable
 from legator_mcp.fleet.schemas import ProbeRead
 from legator_mcp.fleet.service import FleetService
+from legator_mcp.flows._completions import Completions
 from legator_mcp.policy.schemas import Decision, PolicyDecision
 from legator_mcp.policy.service import PolicyService
 from legator_mcp.principal import Permission, Principal
@@ -52,6 +53,10 @@ class ProbeDispatcher(Protocol):
     ) -> CommandRunRead | None: ...
 
     def is_tracking(self, request_id: str) -> bool: ...
+
+    def watch(self, request_id: str, callback: Callable[[CommandRunRead], None]) -> bool: ...
+
+    def unwatch(self, request_id: str, callback: Callable[[CommandRunRead], None]) -> None: ...
 
     async def cancel(self, run: CommandRunRead) -> None: ...
 
@@ -214,6 +219,10 @@ class CommandFlow:
                 error=f"no result from the probe within {limit:.0f}s",
             )  # fmt: skip
         return finished or await self._commands.get(run.request_id)
+
+    def completions(self) -> Completions:
+        """A waiter for many dispatched runs at once (what :meth:`finish` does for one, without a task each)."""
+        return Completions(hub=self._hub, runs=self._commands, grace_s=RESULT_GRACE_S)
 
     def _commands_for(
         self, targets: Sequence[Target], request: CommandRequest, request_ids: Sequence[str] | None

@@ -78,6 +78,7 @@ class _Tracker:
     listeners: list[MemoryObjectSendStream[StreamItem]] = field(
         default_factory=list[MemoryObjectSendStream[StreamItem]]
     )
+    watchers: list[Callable[[CommandRunRead], None]] = field(default_factory=list[Callable[[CommandRunRead], None]])
 
 
 class Hub:
@@ -303,6 +304,21 @@ class Hub:
             await tracker.done.wait()
         return tracker.run
 
+    def watch(self, request_id: str, callback: Callable[[CommandRunRead], None]) -> bool:
+        """Call ``callback`` with the command's final run when it completes; ``False`` (and no call) when it is not
+        tracked here (it finished already, or runs elsewhere). The callback must not block."""
+        tracker = self._trackers.get(request_id)
+        if tracker is None:
+            return False
+        tracker.watchers.append(callback)
+        return True
+
+    def unwatch(self, request_id: str, callback: Callable[[CommandRunRead], None]) -> None:
+        """Stop a :meth:`watch`."""
+        tracker = self._trackers.get(request_id)
+        if tracker is not None and callback in tracker.watchers:
+            tracker.watchers.remove(callback)
+
     def is_tracking(self, request_id: str) -> bool:
         """Whether this process is waiting for the command's result."""
         return request_id in self._trackers
@@ -389,6 +405,9 @@ class Hub:
                 pass
             listener.close()
         tracker.listeners.clear()
+        for watcher in tracker.watchers:
+            watcher(run)
+        tracker.watchers.clear()
         self._forget(tracker)
 
     def _forget(self, tracker: _Tracker) -> None:

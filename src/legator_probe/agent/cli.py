@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``legator-probe`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        settings = ProbeSettings()
+        settings = ProbeSettings.from_env()
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         field = ".".join(str(part) for part in first["loc"])

@@ -2,9 +2,11 @@
 
 Two sources, kept apart on purpose:
 
-* :class:`ProbeSettings` (pydantic-settings, ``LEGATOR_PROBE_`` environment prefix) holds how this
-  process runs: timeouts, limits, reconnect tuning, logging. It is built once in the CLI and passed
-  down through constructors.
+* :class:`ProbeSettings` (``LEGATOR_PROBE_`` environment variables, read by
+  :meth:`ProbeSettings.from_env`) holds how this process runs: timeouts, limits, reconnect tuning, logging.
+  It is built once in the CLI and passed down through constructors. It is a plain pydantic model: the
+  probe reads a dozen variables and does not need pydantic-settings loaded for that (one dependency less in
+  the agent, ~0.3 MiB of its idle RSS).
 * :class:`ProbeConfig` is the JSON file written by ``legator-probe init``: who the probe is, where the
   control plane is, its credential, the signing keys it trusts and its last applied policy. The agent
   rewrites it when the control plane pushes a signed ``policy_update`` or ``key_rotation``. It holds a
@@ -15,13 +17,13 @@ import ipaddress
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,7 +31,6 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from legator_probe.protocol.signing import decode_public_key
 from legator_probe.protocol.types import CapabilityLevel
@@ -146,20 +147,23 @@ class ProbeConfig(BaseModel):
         return json.dumps(document, indent=2, sort_keys=False) + "\n"
 
 
-class ProbeSettings(BaseSettings):
-    """How the probe process runs; every field can be set as ``LEGATOR_PROBE_<FIELD>``.
+ENV_PREFIX = "LEGATOR_PROBE_"
+
+_NONE_WORDS = frozenset({"", "none", "null"})
+
+
+class ProbeSettings(BaseModel):
+    """How the probe process runs; :meth:`from_env` reads every field from ``LEGATOR_PROBE_<FIELD>``.
 
     ``hostname`` is read from ``LEGATOR_HOSTNAME`` (or ``LEGATOR_PROBE_HOSTNAME``) and overrides the
     OS host name in registration, ``hello`` and inventory.
     """
 
-    model_config = SettingsConfigDict(env_prefix="LEGATOR_PROBE_", extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     config: Path | None = None
     """Config file path; the ``--config`` option wins over it."""
-    hostname: str | None = Field(
-        default=None, validation_alias=AliasChoices("LEGATOR_HOSTNAME", "LEGATOR_PROBE_HOSTNAME")
-    )
+    hostname: Annotated[str, Field(min_length=1, max_length=253)] | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -189,6 +193,27 @@ class ProbeSettings(BaseSettings):
     """Overrides the config file's ``max_concurrent_commands`` when set."""
     command_cwd: Path = Path("/")
     """Working directory of commands that do not set one."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ProbeSettings":
+        """Build the settings from ``LEGATOR_PROBE_<FIELD>`` variables (names are case-insensitive; for a field
+        that may be unset, ``none``, ``null`` or an empty value unsets it). Other variables are ignored.
+
+        Raises:
+            pydantic.ValidationError: A variable holds a value its field does not accept (``loc`` is the field).
+        """
+        env = os.environ if environ is None else environ
+        by_name = {key.upper(): value for key, value in env.items()}
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = by_name.get(ENV_PREFIX + name.upper())
+            if name == "hostname":
+                raw = by_name.get("LEGATOR_HOSTNAME", raw)
+            if raw is None:
+                continue
+            optional = type(None) in get_args(field.annotation)
+            values[name] = None if optional and raw.strip().lower() in _NONE_WORDS else raw
+        return cls.model_validate(values)
 
 
 # --- paths and files ------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """The memoised redaction of audit data gives exactly what the probe protocol's sanitiser gives."""
 
+import random
+import secrets
+import uuid
 from typing import Any
 
 import pytest
@@ -32,3 +35,18 @@ def test_redact_json_matches_sanitize_mapping_and_stays_the_same_when_repeated(v
 )
 def test_redact_text_matches_sanitize(text: str) -> None:
     assert redact_text(text) == sanitize(text) == redact_text(text)
+
+
+def test_minted_identifiers_skip_the_sanitiser_only_because_it_would_leave_them_alone() -> None:
+    rng = random.Random(7)
+    samples = [
+        *(rng.randbytes(rng.randint(1, 64)).hex()[: rng.randint(1, 128)] for _ in range(400)),
+        *(f"{prefix}-{secrets.token_hex(rng.randint(4, 32))}" for prefix in ("cmd", "prb", "fan", "appr", "x")
+          for _ in range(80)),
+        *(str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(200)),
+    ]  # fmt: skip
+    for text in samples:
+        assert redact_text(text) == sanitize(text) == text
+    # Anything else still goes through the sanitiser: a prefixed secret is not an identifier.
+    assert redact_text(KEY) == sanitize(KEY) != KEY
+    assert redact_text("cmd-" + "0" * 20 + " password=hunter2") == sanitize("cmd-" + "0" * 20 + " password=hunter2")

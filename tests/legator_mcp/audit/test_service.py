@@ -21,6 +21,7 @@ from legator_mcp.db.session import Database
 from legator_mcp.errors import InvalidRequest
 from legator_mcp.observability import request_id_var
 from legator_mcp.principal import Permission, Principal, PrincipalKind
+from legator_probe.protocol.sanitize import REDACTED
 
 pytestmark = pytest.mark.anyio
 
@@ -241,6 +242,30 @@ async def test_record_many_chains_a_batch_exactly_as_successive_records_would(
     assert [row.probe_id for row in rows[1:6]] == [f"prb-{n}" for n in range(5)]
     assert all(row.actor == "api_key:ops-bot" and row.via == "mcp" for row in rows[1:6])
     assert LEGATOR_KEY not in json.dumps([row.detail for row in rows])
+    assert (await audit.verify()).ok
+
+
+async def test_record_many_redacts_values_the_batch_shares_as_it_would_each_alone(
+    audit: AuditService, database: Database
+) -> None:
+    # A fan-out's events hand over the same spec and rationale objects; each is cleaned once, never less well.
+    env = {"API_KEY": "k", "REGION": "eu"}
+    spec: dict[str, Any] = {"script": f"deploy --token={LEGATOR_KEY}", "env": env}
+    rationale = ["classified shell as risk low", f"requested with {LEGATOR_KEY}"]
+    details = [{"request_id": f"cmd-{n:04x}", "spec": spec, "rationale": rationale, "password": spec} for n in range(4)]
+    async with database.write() as session:
+        await audit.record_many(
+            [AuditEntry(type="command.sent", actor=BOT, summary="sent", detail=d) for d in details], session=session
+        )
+    for detail in details[:1]:
+        await audit.record(type="command.sent", actor=BOT, summary="sent", detail=detail)
+    rows = await stored_rows(database)
+    alone = rows[-1].detail
+    assert alone is not None and LEGATOR_KEY not in json.dumps(alone)
+    assert alone["password"] == REDACTED and alone["spec"]["env"]["API_KEY"] == REDACTED
+    assert alone["spec"]["env"]["REGION"] == "eu"
+    assert [row.detail for row in rows[:4]] == [{**alone, "request_id": f"cmd-{n:04x}"} for n in range(4)]
+    assert env["API_KEY"] == "k"  # the caller's objects are left as they were
     assert (await audit.verify()).ok
 
 

@@ -4,6 +4,7 @@ cancellation reaching the probes.
 """
 
 import json
+import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -207,3 +208,31 @@ async def test_mcp_fleet_command_reports_progress_and_cancellation_stops_the_pro
             with anyio.fail_after(20):
                 final = await services.command_flow.result(request_id=request_id, wait_s=15)
             assert final.status is CommandStatus.CANCELED, final
+
+
+async def test_a_host_that_never_answers_times_out_while_the_others_report(settings: Settings, tmp_path: Path) -> None:
+    # Offline detection is slower than the command's timeout, so the stopped probe stays connected and silent.
+    patient = settings.model_copy(update={"heartbeat_interval_s": 0.5, "offline_after_s": 60.0})
+    async with serve(patient) as cp, online_probes(cp, tmp_path, 3, tags=TAG) as probes, cp.client() as client:
+        silent = probes[1]
+        silent.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.perf_counter()
+            response = await client.post(
+                f"/api/v1/fleet/by-tag/{TAG}/command?wait=true",
+                json={"command": "echo hi", "timeout_s": 1}, timeout=60,
+            )  # fmt: skip
+            elapsed = time.perf_counter() - started
+        finally:
+            silent.process.send_signal(signal.SIGCONT)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        by_probe = {r["probe_id"]: r for r in body["results"]}
+        assert by_probe[silent.probe_id]["status"] == "timeout"
+        assert by_probe[silent.probe_id]["error_code"] == "result_timeout"
+        assert [by_probe[p.probe_id]["stdout"] for p in probes if p is not silent] == ["hi\n", "hi\n"]
+        assert body["summary"] == {**body["summary"], "total": 3, "succeeded": 2, "timed_out": 1}
+        # The command's 1 s plus the control plane's grace, not the test's 60 s.
+        assert elapsed < 30
+        stored = await cp.app.services.command_flow.result(request_id=by_probe[silent.probe_id]["request_id"])
+        assert stored.status is CommandStatus.TIMEOUT

@@ -4,8 +4,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from tests.legator_probe.agent._support import FakeGateway
 
+from legator_probe.agent.cli import main
 from legator_probe.agent.settings import (
     DEFAULT_ROOT_CONFIG,
     ConfigError,
@@ -26,16 +28,44 @@ def test_the_default_config_path_depends_on_root(tmp_path: Path) -> None:
 
 def test_the_option_wins_over_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEGATOR_PROBE_CONFIG", str(tmp_path / "env.json"))
-    settings = ProbeSettings()
+    settings = ProbeSettings.from_env()
     assert resolve_config_path(tmp_path / "opt.json", settings) == tmp_path / "opt.json"
     assert resolve_config_path(None, settings) == tmp_path / "env.json"
 
 
 def test_legator_hostname_overrides_the_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOSTNAME", "from-the-shell")
-    assert ProbeSettings().hostname is None
+    assert ProbeSettings.from_env().hostname is None
     monkeypatch.setenv("LEGATOR_HOSTNAME", "node-7")
-    assert ProbeSettings().hostname == "node-7"
+    assert ProbeSettings.from_env().hostname == "node-7"
+
+
+def test_settings_come_from_legator_probe_variables_and_bad_values_name_the_field() -> None:
+    settings = ProbeSettings.from_env(
+        {
+            "legator_probe_open_timeout_s": "2.5", "LEGATOR_PROBE_COMPRESSION": "yes",
+            "LEGATOR_PROBE_PING_INTERVAL_S": "none", "LEGATOR_PROBE_LOG_LEVEL": "DEBUG",
+            "LEGATOR_PROBE_CONFIG": "/etc/x.json", "LEGATOR_PROBE_HOSTNAME": "node-1", "LEGATOR_PROBE_UNKNOWN": "1",
+            "PATH": "/bin",
+        }
+    )  # fmt: skip
+    assert settings.open_timeout_s == 2.5 and settings.compression is True and settings.ping_interval_s is None
+    assert settings.log_level == "DEBUG" and settings.config == Path("/etc/x.json") and settings.hostname == "node-1"
+    assert ProbeSettings.from_env({}) == ProbeSettings()
+    assert ProbeSettings.from_env({"LEGATOR_HOSTNAME": "a", "LEGATOR_PROBE_HOSTNAME": "b"}).hostname == "a"
+    for name, value in [("OPEN_TIMEOUT_S", "0"), ("CLOSE_TIMEOUT_S", "none"), ("LOG_LEVEL", "loud")]:
+        with pytest.raises(ValidationError) as info:
+            ProbeSettings.from_env({f"LEGATOR_PROBE_{name}": value})
+        assert info.value.errors()[0]["loc"] == (name.lower(),)
+
+
+def test_a_bad_setting_stops_the_cli_with_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LEGATOR_PROBE_BACKOFF_CAP_S", "-1")
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("legator-probe: error: invalid setting LEGATOR_PROBE_BACKOFF_CAP_S:") and err.count("\n") == 1
 
 
 def test_save_is_atomic_and_private_and_round_trips(tmp_path: Path) -> None:
