@@ -70,6 +70,7 @@ from _benchlib import (  # pyright: ignore[reportMissingImports]
     start_group,
     stop_group,
     summarize,
+    tune_gc_for_many_simulated_probes,
 )
 from probe_swarm import Swarm, register_all, wait_all_ready  # pyright: ignore[reportMissingImports]
 
@@ -799,6 +800,7 @@ def main() -> None:
         if args.probes:
             run_real(args, work, results)
         if args.simulated > 0:
+            tune_gc_for_many_simulated_probes()
             asyncio.run(run_simulated(args, work, results))
     except (Exception, KeyboardInterrupt) as exc:  # report what was measured before the failure
         failed = exc

@@ -50,6 +50,7 @@ from _benchlib import (  # pyright: ignore[reportMissingImports]
     proc_sample,
     raise_fd_limit,
     summarize,
+    tune_gc_for_many_simulated_probes,
     write_json,
 )
 from websockets.asyncio.client import ClientConnection, connect
@@ -1137,6 +1138,8 @@ def main() -> None:
     if args.server and not args.admin_key_file:
         parser.error("--server needs --admin-key-file")
     results: dict[str, Any] = {"benchmark": "probe_swarm", "command": " ".join(sys.argv), "params": vars(args)}
+
+    tune_gc_for_many_simulated_probes()
 
     async def bounded() -> None:
         async with asyncio.timeout(args.max_runtime):

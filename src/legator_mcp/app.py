@@ -29,6 +29,7 @@ from legator_mcp.flows.fan_out import FanOutFlow
 from legator_mcp.flows.job_scheduler import JobScheduler
 from legator_mcp.flows.jobs import JobFlow
 from legator_mcp.flows.run_command import CommandFlow
+from legator_mcp.flows.stranded import StrandedApprovals
 from legator_mcp.gateway.hub import Hub
 from legator_mcp.gateway.server import probe_route
 from legator_mcp.jobs.leader import SchedulerLock
@@ -103,6 +104,7 @@ def build_services(settings: Settings) -> AppContext:
         hub=hub,
         command_flow=command_flow,
         fan_out=FanOutFlow(fleet=fleet, command_flow=command_flow, links=hub),
+        stranded=StrandedApprovals(flow=command_flow, commands=commands, approvals=approvals, links=hub),
         metrics=metrics,
         rate_limiter=RateLimiter(settings.rate_limit_per_minute),
         local_principal=local_operator(),
@@ -198,6 +200,7 @@ class LegatorApp:
                 async with self.mcp.session_manager.run(), anyio.create_task_group() as background:
                     background.start_soon(self.services.fleet.run_sweeper)
                     background.start_soon(self.services.approvals.run_reaper)
+                    background.start_soon(self.services.stranded.run)
                     if self.settings.jobs_scheduler_enabled:
                         background.start_soon(self.services.job_scheduler.run)
                     self.started.set()

@@ -14,6 +14,7 @@ from legator_mcp.flows.fan_out import FanOutFlow
 from legator_mcp.flows.job_scheduler import JobScheduler
 from legator_mcp.flows.jobs import JobFlow
 from legator_mcp.flows.run_command import CommandFlow
+from legator_mcp.flows.stranded import StrandedApprovals
 from legator_mcp.gateway.hub import Hub
 from legator_mcp.jobs.service import JobService
 from legator_mcp.observability import Metrics
@@ -41,6 +42,8 @@ class AppContext:
     hub: Hub
     command_flow: CommandFlow
     fan_out: FanOutFlow
+    stranded: StrandedApprovals
+    """Releases (or closes) what an approval left waiting when the process that should have acted stopped."""
     metrics: Metrics
     rate_limiter: RateLimiter
     local_principal: Principal

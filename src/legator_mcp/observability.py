@@ -74,6 +74,31 @@ def _not_a_denial_artifact(record: logging.LogRecord) -> bool:
     return record.getMessage() != "ASGI callable returned without completing handshake."
 
 
+_PER_CONNECTION = frozenset(
+    {
+        '%s - "WebSocket %s" [accepted]',
+        '%s - "WebSocket %s" 403',
+        '%s - "WebSocket %s" %d',
+        "connection open",
+        "connection closed",
+        "connection rejected (%d %s)",
+    }
+)
+"""uvicorn's and websockets' line per WebSocket opened, refused or closed."""
+
+
+def _per_connection_only_when_debugging(record: logging.LogRecord) -> bool:
+    """Keep the per-connection lines of the WebSocket server for ``DEBUG`` only.
+
+    With thousands of probes, a reconnect storm wrote several of them per probe per attempt (over 100,000
+    lines, and ~5 % of the gateway's CPU in one run); what an operator needs is logged and audited by the
+    gateway itself (probe online/offline, refused credentials).
+    """
+    if record.levelno != logging.INFO or record.msg not in _PER_CONNECTION:
+        return True
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Send logs to stderr, as JSON lines (default) or text, through the credential sanitiser."""
     handler = logging.StreamHandler(sys.stderr)
@@ -84,7 +109,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     uvicorn_errors = logging.getLogger("uvicorn.error")
-    uvicorn_errors.filters[:] = [f for f in uvicorn_errors.filters if f is not _not_a_denial_artifact]
-    uvicorn_errors.addFilter(_not_a_denial_artifact)
+    ours = (_not_a_denial_artifact, _per_connection_only_when_debugging)
+    uvicorn_errors.filters[:] = [f for f in uvicorn_errors.filters if f not in ours]
+    for keep in ours:
+        uvicorn_errors.addFilter(keep)
     for noisy in ("uvicorn.access", "httpx", "httpcore", "mcp.server.streamable_http_manager"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level]))

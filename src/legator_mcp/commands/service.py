@@ -454,6 +454,12 @@ class CommandService:
             rows = await self._store.with_status(session, [CommandStatus.DISPATCHED.value])
         return [_read(row) for row in rows]
 
+    async def awaiting_any_approval(self, *, limit: int = 500) -> list[CommandRunRead]:
+        """Runs still waiting for an approval (the newest ``limit``)."""
+        async with self._db.read() as session:
+            rows = await self._store.with_status(session, [CommandStatus.PENDING_APPROVAL.value], limit=limit)
+        return [_read(row) for row in rows]
+
     async def recent_for_probe(self, probe_id: str, *, limit: int = 20) -> list[CommandRunRead]:
         """The newest runs for a probe."""
         async with self._db.read() as session:
