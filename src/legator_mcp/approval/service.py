@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from legator_mcp._periodic import every
 from legator_mcp.approval._views import action_view, approval_digest, canonical_json, console_url, intact, single_probe
 from legator_mcp.approval._views import read as read_approval
 from legator_mcp.approval.errors import (
@@ -567,15 +567,7 @@ class ApprovalService:
 
     async def run_reaper(self, *, interval_s: float = 30.0) -> None:
         """Run :meth:`expire_overdue` now and then every ``interval_s`` forever; a failed pass is logged."""
-        while True:
-            try:
-                # Shielded: stopping the app must not cancel a write transaction half-way.
-                with anyio.CancelScope(shield=True):
-                    await self.expire_overdue()
-            except Exception:
-                # A background loop outlives one bad pass (a restarting database); the traceback is logged.
-                logger.exception("the approval expiry pass failed")
-            await anyio.sleep(interval_s)
+        await every(interval_s, self.expire_overdue, what="the approval expiry pass")
 
     async def list(
         self,

@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
-import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from legator_mcp._periodic import every
 from legator_mcp.audit.service import AuditService
 from legator_mcp.db.base import utcnow
 from legator_mcp.db.session import Database
@@ -276,15 +276,7 @@ class FleetService:
         A failed pass is logged and the next one runs on schedule.
         """
         interval = interval_s or min(30.0, max(1.0, self._settings.offline_after_s / 3))
-        while True:
-            await anyio.sleep(interval)
-            try:
-                # Shielded: stopping the app must not cancel a write transaction half-way.
-                with anyio.CancelScope(shield=True):
-                    await self.mark_stale_offline()
-            except Exception:
-                # A background loop outlives one bad pass (a restarting database); the traceback is logged.
-                logger.exception("the offline sweep failed")
+        await every(interval, self.mark_stale_offline, what="the offline sweep", wait_first=True)
 
     async def signing_identity(self, probe_id: str) -> SigningIdentity:
         """The key generation that signs the probe's instructions now.

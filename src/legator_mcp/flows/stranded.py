@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-import anyio
-
+from legator_mcp._periodic import every
 from legator_mcp.approval.schemas import ApprovalRead, ApprovalStatus
 from legator_mcp.approval.service import ApprovalService
 from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
@@ -139,12 +138,4 @@ class StrandedApprovals:
 
     async def run(self, *, interval_s: float = 30.0) -> None:
         """Run :meth:`settle` every ``interval_s`` forever; a failed pass is logged."""
-        while True:
-            try:
-                # Shielded: stopping the app must not cancel a release half-way.
-                with anyio.CancelScope(shield=True):
-                    await self.settle()
-            except Exception:
-                # A background loop outlives one bad pass (a restarting database); the traceback is logged.
-                logger.exception("settling stranded approvals failed")
-            await anyio.sleep(interval_s)
+        await every(interval_s, self.settle, what="settling stranded approvals")
