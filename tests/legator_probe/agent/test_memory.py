@@ -33,7 +33,12 @@ print(applied, arena_heaps() - before)
 
 def _new_arenas(mode: str) -> tuple[str, int]:
     result = subprocess.run(
-        [sys.executable, "-c", _PROGRAM, mode], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", _PROGRAM, mode],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     applied, grown = result.stdout.split()
