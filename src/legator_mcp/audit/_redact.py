@@ -18,9 +18,12 @@ _MEMO_MAX_CHARS = 1024
 """Longer strings (command output, file previews) are rarely repeated: they are redacted without the memo."""
 
 
-_INERT = re.compile(r"(?:[a-z]{1,8}-)?[0-9a-f]{1,128}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-"""Identifiers we mint (``cmd-…``, ``prb-…``, digests, UUIDs): lower-case hex with at most a short prefix, which no
-rule of :func:`sanitize` rewrites (a test holds it to that). They are unique per event, so the memo cannot help."""
+_INERT = re.compile(
+    r"(?:(?:cmd|fan|req|prb|job|jobexec)-)?[0-9a-f]{1,128}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+)
+"""Identifiers we mint (``cmd-…``, ``prb-…``, ``job-…``, digests, UUIDs): lower-case hex behind one of our
+prefixes, which no rule of :func:`sanitize` rewrites (a test holds it to that). They are unique per event, so
+the memo cannot help."""
 
 
 @lru_cache(maxsize=8192)

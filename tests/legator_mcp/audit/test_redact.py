@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from legator_mcp.audit._redact import redact_json, redact_text
+from legator_mcp.audit._redact import _INERT, redact_json, redact_text
 from legator_probe.protocol.sanitize import sanitize, sanitize_mapping
 
 KEY = "lgk_" + "0123456789abcdef" * 4
@@ -37,16 +37,19 @@ def test_redact_text_matches_sanitize(text: str) -> None:
     assert redact_text(text) == sanitize(text) == redact_text(text)
 
 
+PREFIXES = ("cmd", "prb", "fan", "req", "job", "jobexec")
+
+
 def test_minted_identifiers_skip_the_sanitiser_only_because_it_would_leave_them_alone() -> None:
     rng = random.Random(7)
     samples = [
         *(rng.randbytes(rng.randint(1, 64)).hex()[: rng.randint(1, 128)] for _ in range(400)),
-        *(f"{prefix}-{secrets.token_hex(rng.randint(4, 32))}" for prefix in ("cmd", "prb", "fan", "appr", "x")
-          for _ in range(80)),
+        *(f"{prefix}-{secrets.token_hex(rng.randint(4, 32))}" for prefix in PREFIXES for _ in range(80)),
         *(str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(200)),
     ]  # fmt: skip
     for text in samples:
         assert redact_text(text) == sanitize(text) == text
     # Anything else still goes through the sanitiser: a prefixed secret is not an identifier.
     assert redact_text(KEY) == sanitize(KEY) != KEY
+    assert not _INERT.fullmatch("password-deadbeef")  # only our own prefixes take the shortcut
     assert redact_text("cmd-" + "0" * 20 + " password=hunter2") == sanitize("cmd-" + "0" * 20 + " password=hunter2")
