@@ -10,12 +10,15 @@ import shutil
 import socket
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import uvicorn
 
+from legator_mcp._heap import TRIM_INTERVAL_S, trim_heap
+from legator_mcp._periodic import every
 from legator_mcp.app import LegatorApp, build_app
 from legator_mcp.auth.schemas import ApiKeyCreate
 from legator_mcp.auth.service import ADMIN_KEY_FILE, write_secret_file
@@ -95,6 +98,7 @@ async def _run(app: LegatorApp, sock: socket.socket, on_ready: Callable[[], Awai
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(announce)
+        tg.start_soon(partial(every, TRIM_INTERVAL_S, trim_heap, what="the heap trim", wait_first=True))
         await server.serve(sockets=[sock])
         tg.cancel_scope.cancel()
     if not server.started:
