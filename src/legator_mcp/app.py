@@ -78,7 +78,7 @@ def build_services(settings: Settings) -> AppContext:
         policy.add_capacity_provider(HeartbeatCapacity(fleet=fleet, thresholds=thresholds))
     commands = CommandService(database=database, audit=audit, events=events)
     hub = Hub(
-        fleet=fleet, commands=commands, keyring=keyring, admit_per_second=settings.probe_admit_per_second,
+        commands=commands, keyring=keyring, admit_per_second=settings.probe_admit_per_second,
         admit_burst=settings.probe_admit_burst, max_handshakes=settings.probe_max_handshakes,
         handshake_queue_s=settings.probe_handshake_queue_s,
     )  # fmt: skip

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -46,6 +47,15 @@ async def create_token(base_url: str, admin_key: str, *, level: str = "remediate
         response = await client.post("/api/v1/tokens", json={"multi_use": multi_use, "policy_level": level})
     assert response.status_code == 201, response.text
     return str(response.json()["token"])
+
+
+async def register_probe(base_url: str, admin_key: str, hostname: str) -> dict[str, Any]:
+    """Register a probe over REST (no agent process): the registration answer (probe id, credential, key...)."""
+    token = await create_token(base_url, admin_key)
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        registered = await client.post("/api/v1/register", json={"token": token, "hostname": hostname})
+    assert registered.status_code == 201, registered.text
+    return dict(registered.json())
 
 
 def probe_env(home: Path, hostname: str) -> dict[str, str]:

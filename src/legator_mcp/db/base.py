@@ -1,5 +1,6 @@
 """Declarative base and column types shared by every domain's models."""
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -8,7 +9,7 @@ from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 
-__all__ = ["Base", "UTCDateTime", "new_id", "utcnow"]
+__all__ = ["Base", "JSONText", "UTCDateTime", "new_id", "serialize_json", "utcnow"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -27,6 +28,18 @@ def utcnow() -> datetime:
 def new_id() -> str:
     """Return a new random identifier (UUID4, hex with dashes)."""
     return str(uuid.uuid4())
+
+
+class JSONText(str):
+    """A value for a JSON column that is JSON text already (say from pydantic's ``model_dump_json``): stored as it
+    is instead of being built as Python objects only to be encoded again. Read back, it is the decoded value."""
+
+    __slots__ = ()
+
+
+def serialize_json(value: Any) -> str:
+    """How every engine encodes JSON column values: :class:`JSONText` as it is, anything else with ``json.dumps``."""
+    return value if isinstance(value, JSONText) else json.dumps(value)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from legator_mcp.db.base import serialize_json
 from legator_mcp.errors import ServiceUnavailable
 
 __all__ = ["SQLITE_BUSY_TIMEOUT_MS", "Database"]
@@ -25,8 +26,12 @@ SQLITE_BUSY_TIMEOUT_MS = 15_000
 """How long an SQLite connection waits for a lock held by another process before failing."""
 
 
-def _sqlite_engine(url: URL, *, begin: str, echo: bool) -> AsyncEngine:
-    engine = create_async_engine(url, echo=echo, pool_size=8, max_overflow=8, pool_timeout=60)
+def _sqlite_engine(url: URL, *, begin: str, echo: bool, connections: int) -> AsyncEngine:
+    # A fixed pool: an overflow connection would be opened (a thread, a file, the pragmas) and closed again for
+    # every transaction past the pool's size while the load lasts. Past ``connections`` at once, callers queue.
+    engine = create_async_engine(
+        url, echo=echo, pool_size=connections, max_overflow=0, pool_timeout=60, json_serializer=serialize_json
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -56,11 +61,15 @@ class Database:
             database = self.url.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = _sqlite_engine(self.url, begin="BEGIN", echo=echo)
-            self.write_engine = _sqlite_engine(self.url, begin="BEGIN IMMEDIATE", echo=echo)
+            self.engine = _sqlite_engine(self.url, begin="BEGIN", echo=echo, connections=16)
+            # Writers take the write lock first, so one connection writes at a time; a few spare ones serve
+            # whatever writes outside it (migrations, backups).
+            self.write_engine = _sqlite_engine(self.url, begin="BEGIN IMMEDIATE", echo=echo, connections=4)
             self._write_lock: anyio.Lock | None = anyio.Lock()
         elif self.dialect == "postgresql":
-            self.engine = create_async_engine(self.url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+            self.engine = create_async_engine(
+                self.url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True, json_serializer=serialize_json
+            )
             self.write_engine = self.engine
             self._write_lock = None
         else:

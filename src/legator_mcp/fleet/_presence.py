@@ -21,11 +21,11 @@ from legator_mcp.errors import InvalidRequest, LegatorError, NotFound, ServiceUn
 from legator_mcp.events.service import EventBus
 from legator_mcp.fleet import _views
 from legator_mcp.fleet._health import RECOVERY_MARGIN, assess
-from legator_mcp.fleet.models import Probe, ProbeInventory
-from legator_mcp.fleet.schemas import CLOSE_HEARTBEAT_TIMEOUT, HeartbeatRead, InventoryRead, ProbeRead, ProbeStatus
+from legator_mcp.fleet.models import Probe
+from legator_mcp.fleet.schemas import CLOSE_HEARTBEAT_TIMEOUT, HeartbeatRead, InventoryReport, ProbeRead, ProbeStatus
 from legator_mcp.fleet.store import FleetStore
 from legator_mcp.principal import Principal, PrincipalKind
-from legator_probe.protocol.payloads import HeartbeatPayload, HelloPayload, InventoryPayload
+from legator_probe.protocol.payloads import HeartbeatPayload, HelloPayload
 
 __all__ = ["Presence"]
 
@@ -92,7 +92,7 @@ class Presence:
         self._connects = GroupCommit[str, tuple[HelloPayload, datetime], ProbeRead](self._write_connects)
         self._disconnects = GroupCommit[str, tuple[str, datetime], None](self._write_disconnects)
         self._heartbeats = GroupCommit[str, tuple[HeartbeatPayload, datetime], HeartbeatRead](self._write_heartbeats)
-        self._inventories = GroupCommit[str, tuple[InventoryPayload, datetime], InventoryRead](self._write_inventories)
+        self._inventories = GroupCommit[str, tuple[InventoryReport, datetime], bool](self._write_inventories)
 
     @staticmethod
     async def _submit(group: "GroupCommit[str, Any, R]", probe_id: str, value: Any, what: str) -> R | None:
@@ -222,34 +222,33 @@ class Presence:
                     rows.append(values)
                     if transition is not None:
                         transitions.append(transition)
-                await self._store.apply_heartbeats(session, rows)
+                await self._store.update_probes(session, rows)
                 await self._record(session, transitions, None)
         self._publish(transitions)
         return results
 
-    async def inventory(self, *, probe_id: str, inventory: InventoryPayload) -> InventoryRead:
-        result = await self._submit(self._inventories, probe_id, (inventory, self._clock()), "inventory")
-        return self._found(result, probe_id)
+    async def inventory(self, *, probe_id: str, report: InventoryReport) -> None:
+        self._found(await self._submit(self._inventories, probe_id, (report, self._clock()), "inventory"), probe_id)
 
-    async def _write_inventories(self, items: dict[str, tuple[InventoryPayload, datetime]]) -> dict[str, InventoryRead]:
-        results: dict[str, InventoryRead] = {}
+    async def _write_inventories(self, items: dict[str, tuple[InventoryReport, datetime]]) -> dict[str, bool]:
+        # Three statements per batch whatever its size; whoever reads an inventory reads it from the database.
         async with self._db.write() as session:
-            for probe_id, probe in (await self._store.probes(session, list(items), for_update=True)).items():
-                inventory, now = items[probe_id]
-                row = ProbeInventory(
-                    probe_id=probe_id, data=inventory.model_dump(mode="json"), collected_at=inventory.collected_at,
-                    received_at=now,
-                )  # fmt: skip
-                await self._store.put_inventory(session, row)
-                probe.os = inventory.os[:64]
-                probe.arch = inventory.arch[:32]
-                probe.kernel = inventory.kernel[:255]
-                probe.cpus = inventory.cpus
-                probe.mem_total_bytes = inventory.mem_total_bytes
-                probe.disk_total_bytes = sum(disk.total_bytes for disk in inventory.disks) or None
-                probe.inventory_collected_at = inventory.collected_at
-                results[probe_id] = _views.inventory_read(row)
-        return results
+            found = await self._store.lock_probe_ids(session, list(items))
+            inventories: list[dict[str, Any]] = []
+            probes: list[dict[str, Any]] = []
+            for probe_id in found:
+                report, now = items[probe_id]
+                inventories.append(
+                    {"probe_id": probe_id, "data": report.data, "collected_at": report.collected_at, "received_at": now}
+                )
+                probes.append({
+                    "id": probe_id, "os": report.os, "arch": report.arch, "kernel": report.kernel, "cpus": report.cpus,
+                    "mem_total_bytes": report.mem_total_bytes, "disk_total_bytes": report.disk_total_bytes,
+                    "inventory_collected_at": report.collected_at,
+                })  # fmt: skip
+            await self._store.replace_inventories(session, inventories)
+            await self._store.update_probes(session, probes)
+        return dict.fromkeys(found, True)
 
     async def sweep(self, *, offline_after: timedelta) -> list[str]:
         now = self._clock()

@@ -1,13 +1,22 @@
 """Wire shapes of the fleet: registration tokens, registration, probes, health, inventory and fleet roll-ups."""
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from legator_mcp._duration import parse_duration
-from legator_probe.protocol.payloads import DiskInfo, InterfaceInfo, PackageInfo, ServiceInfo, UserInfo
+from legator_mcp.db.base import JSONText
+from legator_probe.protocol.payloads import (
+    DiskInfo,
+    InterfaceInfo,
+    InventoryPayload,
+    PackageInfo,
+    ServiceInfo,
+    UserInfo,
+)
 from legator_probe.protocol.types import CapabilityLevel
 
 __all__ = [
@@ -19,6 +28,7 @@ __all__ = [
     "MAX_TAGS",
     "TOKEN_PREFIX",
     "PROBE_ID_PATTERN",
+    "AuthenticatedProbe",
     "CleanupResult",
     "FleetInventory",
     "FleetInventoryAggregates",
@@ -32,6 +42,7 @@ __all__ = [
     "HeartbeatRead",
     "Hostname",
     "InventoryRead",
+    "InventoryReport",
     "KeyRotationRead",
     "PolicyLevel",
     "PolicyRead",
@@ -347,6 +358,42 @@ class SigningIdentity(BaseModel):
     probe_id: str
     generation: int
     key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryReport:
+    """An inventory as it is stored: its JSON text and the columns copied onto the probe.
+
+    The gateway turns a parsed inventory into this at once, so a connection waiting for the database writer holds
+    about the frame's size, not the parsed objects (several times more).
+    """
+
+    data: JSONText
+    collected_at: datetime
+    os: str
+    arch: str
+    kernel: str
+    cpus: int | None
+    mem_total_bytes: int | None
+    disk_total_bytes: int | None
+
+    @classmethod
+    def of(cls, inventory: InventoryPayload) -> "InventoryReport":
+        """The report of a validated inventory payload."""
+        return cls(
+            data=JSONText(inventory.model_dump_json()), collected_at=inventory.collected_at, os=inventory.os[:64],
+            arch=inventory.arch[:32], kernel=inventory.kernel[:255], cpus=inventory.cpus,
+            mem_total_bytes=inventory.mem_total_bytes,
+            disk_total_bytes=sum(disk.total_bytes for disk in inventory.disks) or None,
+        )  # fmt: skip
+
+
+class AuthenticatedProbe(BaseModel):
+    """A probe identified by its connection credential, with what its connection signs with."""
+
+    probe: ProbeRead
+    signing_generation: int = Field(description="the key generation the probe trusts now (see SigningIdentity)")
+    key_rotation_pending: bool = Field(description="a rotation made while it was offline awaits delivery")
 
 
 class CleanupResult(BaseModel):

@@ -33,6 +33,7 @@ from legator_mcp.fleet.schemas import (
     KEY_ROTATION_OVERLAP_S,
     MAX_TAGS,
     TOKEN_PREFIX,
+    AuthenticatedProbe,
     CleanupResult,
     FleetInventory,
     FleetQueryAnswer,
@@ -40,6 +41,7 @@ from legator_mcp.fleet.schemas import (
     HealthRead,
     HeartbeatRead,
     InventoryRead,
+    InventoryReport,
     KeyRotationRead,
     PolicyLevel,
     ProbeDeleted,
@@ -213,8 +215,10 @@ class FleetService:
 
     # -- for the gateway --------------------------------------------------------------------------------------
 
-    async def authenticate_probe(self, credential: str) -> ProbeRead:
-        """Identify a probe by the credential it connects with.
+    async def authenticate_probe(self, credential: str) -> AuthenticatedProbe:
+        """Identify a probe by the credential it connects with, and the key generation its connection signs with.
+
+        One read: the gateway needs nothing more from the database to complete the handshake.
 
         Raises:
             Unauthenticated: If the credential is malformed, unknown, or was replaced by a re-registration.
@@ -225,7 +229,11 @@ class FleetService:
             probe = await self._store.probe_by_credential(session, digest(credential))
             if probe is None:
                 raise Unauthenticated("invalid probe credential")
-            return self._read(probe)
+            return AuthenticatedProbe(
+                probe=self._read(probe),
+                signing_generation=self._signing_generation(probe),
+                key_rotation_pending=probe.key_rotation_pending,
+            )
 
     async def probe_connected(self, *, probe_id: str, hello: HelloPayload) -> ProbeRead:
         """Record a completed handshake: the probe is online (or stays degraded), seen and connected now.
@@ -255,13 +263,20 @@ class FleetService:
         """
         return await self._presence.heartbeat(probe_id=probe_id, heartbeat=heartbeat)
 
-    async def record_inventory(self, *, probe_id: str, inventory: InventoryPayload) -> InventoryRead:
-        """Store the probe's inventory and copy its OS, kernel, CPU, memory and disk totals onto the probe.
+    async def record_inventory(self, *, probe_id: str, inventory: InventoryPayload | InventoryReport) -> None:
+        """Store the probe's inventory and copy its OS, kernel, CPU, memory and disk totals onto the probe
+        (:meth:`get_inventory` reads it back). Concurrent inventories share one transaction (group commit).
+
+        Args:
+            probe_id: The probe that reported it.
+            inventory: The payload, or its :class:`InventoryReport` (what the gateway passes, having dropped the
+                parsed payload at once).
 
         Raises:
             NotFound: If the probe was deleted.
         """
-        return await self._presence.inventory(probe_id=probe_id, inventory=inventory)
+        report = inventory if isinstance(inventory, InventoryReport) else InventoryReport.of(inventory)
+        await self._presence.inventory(probe_id=probe_id, report=report)
 
     async def mark_stale_offline(self) -> list[str]:
         """Mark online or degraded probes silent for ``offline_after_s`` offline and return their ids.
@@ -292,20 +307,6 @@ class FleetService:
         return SigningIdentity(
             probe_id=probe_id, generation=generation, key_id=self.keyring.key_id(probe_id, generation)
         )
-
-    async def signing_identities(self, probe_ids: Sequence[str]) -> dict[str, SigningIdentity]:
-        """:meth:`signing_identity` for many probes in one read; probes that do not exist are left out."""
-        async with self._db.read() as session:
-            keys = await self._store.key_generations(session, probe_ids)
-        # As _signing_generation: the previous generation while a rotation awaits delivery.
-        generations = {
-            probe_id: previous if pending and previous is not None else current
-            for probe_id, (current, pending, previous) in keys.items()
-        }
-        return {
-            probe_id: SigningIdentity(probe_id=probe_id, generation=gen, key_id=self.keyring.key_id(probe_id, gen))
-            for probe_id, gen in generations.items()
-        }
 
     @staticmethod
     def _signing_generation(probe: Probe) -> int:

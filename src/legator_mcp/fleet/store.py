@@ -8,7 +8,7 @@ from sqlalchemy import Row, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from legator_mcp.db._errors import map_db_errors
-from legator_mcp.db.bulk import update_rows
+from legator_mcp.db.bulk import insert_rows, update_rows
 from legator_mcp.fleet.models import Probe, ProbeInventory, ProbeTag, RegistrationToken
 
 __all__ = ["FleetStore"]
@@ -76,19 +76,6 @@ class FleetStore:
             if for_update:
                 stmt = stmt.with_for_update()
             found.update((probe.id, probe) for probe in (await session.execute(stmt)).scalars())
-        return found
-
-    async def key_generations(
-        self, session: AsyncSession, probe_ids: Sequence[str]
-    ) -> dict[str, tuple[int, bool, int | None]]:
-        """``(key_generation, key_rotation_pending, previous_key_generation)`` per existing probe id."""
-        found: dict[str, tuple[int, bool, int | None]] = {}
-        unique = list(dict.fromkeys(probe_ids))
-        for start in range(0, len(unique), 500):  # SQLite caps bound parameters per statement
-            stmt = select(
-                Probe.id, Probe.key_generation, Probe.key_rotation_pending, Probe.previous_key_generation
-            ).where(Probe.id.in_(unique[start : start + 500]))
-            found.update((row[0], (row[1], row[2], row[3])) for row in (await session.execute(stmt)).all())
         return found
 
     async def probes_with_policy(self, session: AsyncSession, policy_id: str) -> Sequence[Probe]:
@@ -202,11 +189,6 @@ class FleetStore:
         )
         return (await session.execute(stmt)).all()
 
-    async def apply_heartbeats(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-        """Write many probes' heartbeat columns in one executemany (each dict carries ``id``)."""
-        if rows:
-            await update_rows(session, Probe, rows, key="id")
-
     async def offline_before(self, session: AsyncSession, cutoff: datetime) -> Sequence[Probe]:
         stmt = (
             select(Probe)
@@ -221,9 +203,26 @@ class FleetStore:
     async def inventory(self, session: AsyncSession, probe_id: str) -> ProbeInventory | None:
         return await session.get(ProbeInventory, probe_id)
 
-    async def put_inventory(self, session: AsyncSession, inventory: ProbeInventory) -> None:
-        await session.merge(inventory)
-        await session.flush()
+    async def replace_inventories(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        """Make each row (``probe_id``, ``data``, ``collected_at``, ``received_at``) its probe's one inventory."""
+        probe_ids = [row["probe_id"] for row in rows]
+        for start in range(0, len(probe_ids), 500):  # SQLite caps bound parameters per statement
+            chunk = probe_ids[start : start + 500]
+            await session.execute(delete(ProbeInventory).where(ProbeInventory.probe_id.in_(chunk)))
+        await insert_rows(session, ProbeInventory, rows)
+
+    async def update_probes(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        """Set columns of many probes, one executemany per set of columns (each dict carries ``id``)."""
+        await update_rows(session, Probe, rows, key="id")
+
+    async def lock_probe_ids(self, session: AsyncSession, probe_ids: Sequence[str]) -> list[str]:
+        """Those of ``probe_ids`` that exist, locked for update in id order (no deadlocks)."""
+        found: list[str] = []
+        unique = sorted(set(probe_ids))
+        for start in range(0, len(unique), 500):
+            stmt = select(Probe.id).where(Probe.id.in_(unique[start : start + 500])).order_by(Probe.id)
+            found.extend((await session.execute(stmt.with_for_update())).scalars())
+        return found
 
     async def count_with_policy(self, session: AsyncSession, policy_id: str) -> int:
         statement = select(func.count()).select_from(Probe).where(Probe.policy_id == policy_id)

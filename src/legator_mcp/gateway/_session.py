@@ -2,21 +2,25 @@
 
 Loop: read a frame → ``receive_text`` → handle ``events_received()`` → queue ``data_to_send()`` for the writer.
 Frames leave through one writer task and a bounded queue; a probe that cannot keep up is disconnected.
+Heartbeats and inventories are handed to the database writer without the reader waiting for them, so a busy
+writer never stops a connection from being read (and its pings answered).
 """
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import anyio
+import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from legator_mcp.app_context import AppContext
 from legator_mcp.db.base import utcnow
-from legator_mcp.errors import NotFound, ProbeUnavailable
-from legator_mcp.fleet.schemas import ProbeRead
+from legator_mcp.errors import LegatorError, NotFound, ProbeUnavailable
+from legator_mcp.fleet.schemas import AuthenticatedProbe, InventoryReport
 from legator_mcp.fleet.service import CLOSE_PROBE_DELETED
-from legator_mcp.gateway.hub import LARGE_FRAME_BYTES
 from legator_probe.protocol import (
     CLOSE_POLICY_VIOLATION,
     CommandResultMessage,
@@ -49,6 +53,10 @@ CLOSE_TRY_AGAIN_LATER = 1013
 HELLO_TIMEOUT_S = 30.0
 """How long an admitted connection may take to send its ``hello``."""
 
+MAX_PENDING_REPORTS = 4
+"""Heartbeats and inventories a connection hands to the database writer without waiting; past this the reader
+waits for its own (backpressure on a probe that reports faster than the database takes it)."""
+
 
 class _RateLimit:
     """Frames per second a probe may send: steady ``rate`` with bursts of ``burst``."""
@@ -76,14 +84,17 @@ class ProbeSession:
         self,
         websocket: WebSocket,
         *,
-        probe: ProbeRead,
+        probe: AuthenticatedProbe,
         services: AppContext,
         send_queue: int = 256,
         frames_per_second: float = 100.0,
         frame_burst: int = 500,
     ) -> None:
-        self.probe_id = probe.id
-        self._probe = probe
+        self.probe_id = probe.probe.id
+        self._probe = probe.probe
+        self._rotation_pending = probe.key_rotation_pending
+        self.signing_generation = probe.signing_generation
+        """The key generation the probe trusts: what the hub signs this connection's instructions with."""
         self._ws = websocket
         self._services = services
         self._protocol = ProbeProtocol(Side.GATEWAY, max_frame_bytes=services.settings.max_frame_bytes)
@@ -100,8 +111,10 @@ class ProbeSession:
         self.registered = False
         self._handshaking = True
         self._last_frame = time.monotonic()
-        self._reading: str | None = None
-        """The frame being handled, if any."""
+        self._handling = False
+        """Whether a frame is being handled."""
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._pending_reports = 0
 
     # -- called by the hub ------------------------------------------------------------------------------------
 
@@ -119,10 +132,10 @@ class ProbeSession:
     def heard_within(self, seconds: float) -> bool:
         """Whether a frame arrived in the last ``seconds``, or one is being handled now.
 
-        While the reader is busy with a frame (an inventory queued for the database), the probe's next frames
-        wait in the socket: the silence is ours, not the probe's.
+        While the reader is busy with a frame (a hello or a result waiting for the database writer), the probe's
+        next frames wait in the socket: the silence is ours, not the probe's.
         """
-        return self._reading is not None or time.monotonic() - self._last_frame <= seconds
+        return self._handling or time.monotonic() - self._last_frame <= seconds
 
     def end_handshake(self) -> None:
         """Give back the admission slot this connection held while its handshake ran (once)."""
@@ -154,6 +167,7 @@ class ProbeSession:
         hub = self._services.hub
         try:
             async with anyio.create_task_group() as tg:
+                self._task_group = tg
                 tg.start_soon(self._writer)
                 tg.start_soon(self._watch_close, tg.cancel_scope)
                 tg.start_soon(self._hello_deadline)
@@ -202,30 +216,39 @@ class ProbeSession:
         finally:
             self._writer_done.set()
 
-    async def _receive(self, text: str) -> None:
-        self._reading = text
+    def _parse(self, text: str) -> list[Event | InventoryReport]:
+        """The frame's events; an inventory is reduced at once to what is stored (:class:`InventoryReport`).
+
+        Parsing is synchronous, so frames are parsed one at a time; what a connection holds while its frame waits
+        for the database is the report, about the frame's size (10,000 probes reconnecting at once each hold one).
+        """
+        self._protocol.receive_text(text)
+        return [
+            InventoryReport.of(event.payload) if isinstance(event, InventoryMessage) else event
+            for event in self._protocol.events_received()
+        ]
+
+    async def _next_frame(self) -> str | None:
+        """The next frame's text, or ``None`` once the connection is closed."""
         try:
-            self._protocol.receive_text(text)
-            await self._handle(self._protocol.events_received())
-        finally:
-            self._reading = None
-            self._last_frame = time.monotonic()
+            message = await self._ws.receive()
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return None
+        if message["type"] == "websocket.disconnect":
+            self._close_reason = self._close_reason or "probe disconnected"
+            return None
+        self._last_frame = time.monotonic()
+        text = message.get("text")
+        if text is None:
+            data = message.get("bytes") or b""
+            text = data.decode("utf-8", errors="replace")
+        return text
 
     async def _reader(self) -> None:
-        hub = self._services.hub
         while not self._closing.is_set():
-            try:
-                message = await self._ws.receive()
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                return
-            if message["type"] == "websocket.disconnect":
-                self._close_reason = self._close_reason or "probe disconnected"
-                return
-            self._last_frame = time.monotonic()
-            text = message.get("text")
+            text = await self._next_frame()
             if text is None:
-                data = message.get("bytes") or b""
-                text = data.decode("utf-8", errors="replace")
+                return
             if not self._rate.allow():
                 self._protocol.send_error(ErrorPayload(code="rate_limited", message="too many frames; slow down"))
                 self._protocol.strikes += 1
@@ -233,17 +256,18 @@ class ProbeSession:
                     self._protocol.close(CLOSE_POLICY_VIOLATION)
                 self._flush()
             else:
+                events = self._parse(text)
+                del text  # not kept alive while the events are handled
+                self._handling = True
                 try:
-                    if len(text) >= LARGE_FRAME_BYTES:
-                        self._reading = text  # queued behind other large frames: still heard
-                        async with hub.large_frames:
-                            await self._receive(text)
-                    else:
-                        await self._receive(text)
+                    await self._handle(events)
                 except NotFound:
                     # The probe was deleted while connected: its credential is gone, so is the connection.
                     await self.close(code=CLOSE_PROBE_DELETED, reason="probe deleted")
                     return
+                finally:
+                    self._handling = False
+                    self._last_frame = time.monotonic()
                 self._flush()
             if self._protocol.state >= State.CLOSING:
                 reason = str(self._protocol.protocol_exc) if self._protocol.protocol_exc else "protocol violation"
@@ -257,15 +281,17 @@ class ProbeSession:
                 await self.close(code=self._protocol.close_code or CLOSE_POLICY_VIOLATION, reason=reason)
                 return
 
-    async def _handle(self, events: list[Event]) -> None:
+    async def _handle(self, events: list[Event | InventoryReport]) -> None:
         services = self._services
         for event in events:
             if isinstance(event, HelloMessage):
                 await self._on_hello(event)
             elif isinstance(event, HeartbeatMessage):
-                await services.fleet.record_heartbeat(probe_id=self.probe_id, heartbeat=event.payload)
-            elif isinstance(event, InventoryMessage):
-                await services.fleet.record_inventory(probe_id=self.probe_id, inventory=event.payload)
+                await self._report(
+                    partial(services.fleet.record_heartbeat, probe_id=self.probe_id, heartbeat=event.payload)
+                )
+            elif isinstance(event, InventoryReport):
+                await self._report(partial(services.fleet.record_inventory, probe_id=self.probe_id, inventory=event))
             elif isinstance(event, OutputChunkMessage):
                 services.hub.on_chunk(self.probe_id, event.payload)
             elif isinstance(event, CommandResultMessage):
@@ -296,6 +322,32 @@ class ProbeSession:
             elif isinstance(event, Ignored):
                 logger.debug("probe %s sent an unknown message type %r", self.probe_id, event.message_type)
 
+    async def _report(self, write: Callable[[], Awaitable[object]]) -> None:
+        """Have a heartbeat or inventory written, waiting for it only past :data:`MAX_PENDING_REPORTS`.
+
+        While this connection's reader waits, nothing more is read from its socket (the server stops reading a
+        connection until its last message was taken), so the probe's keepalive pings go unanswered and a busy
+        database writer would make probes drop their connections. Reports are group-committed, so a later
+        heartbeat queued behind an earlier one replaces it in the same batch.
+        """
+        if self._task_group is None or self._pending_reports >= MAX_PENDING_REPORTS:
+            await self._settle(write)
+            return
+        self._pending_reports += 1
+        self._task_group.start_soon(self._settle, write, True)
+
+    async def _settle(self, write: Callable[[], Awaitable[object]], counted: bool = False) -> None:
+        try:
+            await write()
+        except NotFound:
+            # The probe was deleted while connected: its credential is gone, so is the connection.
+            await self.close(code=CLOSE_PROBE_DELETED, reason="probe deleted")
+        except LegatorError as exc:
+            logger.warning("a report of probe %s was not recorded: %s", self.probe_id, exc.message)
+        finally:
+            if counted:
+                self._pending_reports -= 1
+
     async def _on_hello(self, hello: HelloMessage) -> None:
         if hello.payload.probe_id != self.probe_id:
             self._protocol.send_error(ErrorPayload(code="wrong_probe", message="hello names another probe"))
@@ -303,23 +355,29 @@ class ProbeSession:
             self._close_reason = "hello for another probe"
             return
         services = self._services
-        probe = await services.fleet.probe_connected(probe_id=self.probe_id, hello=hello.payload)
+        # The handshake completes from what authentication read: welcome, then the signed policy (every
+        # (re)connection re-sends it, so a probe that missed an update converges). Neither waits for the
+        # database's write queue, which a storm of inventories can make long.
         self._protocol.send_welcome(
             WelcomePayload(
                 heartbeat_interval_s=services.settings.heartbeat_interval_s,
                 server_time=utcnow(),
-                policy_level=probe.policy_level,
+                policy_level=self._probe.policy_level,
             )
         )
-        self.registered = True
         self._flush()
-        # Every (re)connection re-sends the probe its policy, signed, so a probe that missed an update converges,
-        # and delivers a key rotation made while it was offline.
         try:
-            await services.policy.push(probe)
-            await services.fleet.deliver_pending_key_rotation(probe_id=self.probe_id)
+            await services.policy.push(self._probe)
         except ProbeUnavailable:
-            # The probe hung up while its hello was being recorded; the next connection gets both again.
             logger.info("probe %s left before its policy could be sent", self.probe_id)
         finally:
             self.end_handshake()
+        await services.fleet.probe_connected(probe_id=self.probe_id, hello=hello.payload)
+        self.registered = True
+        if self._rotation_pending:
+            # A key rotation made while the probe was offline (read again: it may have been delivered meanwhile).
+            self._rotation_pending = False
+            try:
+                await services.fleet.deliver_pending_key_rotation(probe_id=self.probe_id)
+            except ProbeUnavailable:
+                logger.info("probe %s left before its new key could be sent", self.probe_id)

@@ -18,10 +18,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 from legator_mcp.commands.schemas import CommandRunRead, CommandStatus
 from legator_mcp.commands.service import CommandService
 from legator_mcp.db.base import utcnow
-from legator_mcp.errors import LegatorError, NotFound, ProbeUnavailable
+from legator_mcp.errors import LegatorError, ProbeUnavailable
 from legator_mcp.fleet.keys import KeyRing
 from legator_mcp.fleet.schemas import ProbeRead
-from legator_mcp.fleet.service import FleetService
 from legator_mcp.gateway._admission import Admission
 from legator_mcp.policy.schemas import ProbeRules
 from legator_probe.protocol import (
@@ -54,10 +53,6 @@ INSTRUCTION_TTL = timedelta(seconds=120)
 
 _CHUNK_HISTORY = 2048
 
-LARGE_FRAME_BYTES = 16 * 1024
-"""Frames at least this long (inventories, big outputs) are processed at most ``LARGE_FRAME_CONCURRENCY`` at once."""
-LARGE_FRAME_CONCURRENCY = 8
-
 
 @dataclass
 class StreamItem:
@@ -87,7 +82,6 @@ class Hub:
     def __init__(
         self,
         *,
-        fleet: FleetService,
         commands: CommandService,
         keyring: KeyRing,
         admit_per_second: float = 200.0,
@@ -96,7 +90,6 @@ class Hub:
         handshake_queue_s: float = 10.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self._fleet = fleet
         self._commands = commands
         self._keys = keyring
         self._clock = clock
@@ -107,9 +100,6 @@ class Hub:
             per_second=admit_per_second, burst=admit_burst, max_handshakes=max_handshakes,
             queue_wait_s=handshake_queue_s,
         )  # fmt: skip
-        self.large_frames = anyio.Semaphore(LARGE_FRAME_CONCURRENCY)
-        """Held while a large frame (an inventory) is parsed and stored: a reconnect storm of 10,000 probes would
-        otherwise hold 10,000 parsed inventories (~1 MB of objects each) at once."""
 
     # -- connections ------------------------------------------------------------------------------------------
 
@@ -184,7 +174,6 @@ class Hub:
         Raises:
             ProbeUnavailable: If the probe is not connected.
         """
-        identity = await self._fleet.signing_identity(probe.id)
         new_key = self._keys.private_key(probe.id, new_generation).public_key()
         payload = KeyRotationPayload(
             **self._signed_fields(probe.id),
@@ -193,7 +182,9 @@ class Hub:
             overlap_s=overlap_s,
         )
         message = KeyRotationMessage(id=new_message_id(), ts=self._clock(), payload=payload)
-        await self._send(probe.id, message, generation=identity.generation)
+        session = await self._send(probe.id, message)
+        # Frames leave in order: everything queued after the rotation is signed with the key it announces.
+        session.signing_generation = new_generation
 
     async def push_policy(self, probe: ProbeRead, *, rules: ProbeRules) -> None:
         """Send the probe its policy (level, version, command patterns and path rules) as a signed ``policy_update``.
@@ -201,7 +192,6 @@ class Hub:
         Raises:
             ProbeUnavailable: If the probe is not connected.
         """
-        identity = await self._fleet.signing_identity(probe.id)
         payload = PolicyUpdatePayload(
             **self._signed_fields(probe.id),
             policy_id=probe.policy_id,
@@ -213,7 +203,7 @@ class Hub:
             version=probe.policy_version,
         )
         message = PolicyUpdateMessage(id=new_message_id(), ts=self._clock(), payload=payload)
-        await self._send(probe.id, message, generation=identity.generation)
+        await self._send(probe.id, message)
 
     # -- commands -----------------------------------------------------------------------------------------------
 
@@ -230,45 +220,30 @@ class Hub:
         Raises:
             ProbeUnavailable: If the probe is not connected here.
         """
-        if command.probe_id not in self._sessions:
-            raise ProbeUnavailable(f"probe {command.probe_id} is not connected", details={"probe_id": command.probe_id})
-        identity = await self._fleet.signing_identity(command.probe_id)
-        await self._send_tracked(command, identity.generation)
+        await self._send_tracked(command)
 
     async def dispatch_many(self, commands: Sequence[CommandPayload]) -> dict[str, LegatorError]:
-        """Sign, send and track several commands, reading every probe's signing identity at once.
+        """Sign, send and track several commands.
 
         Returns:
-            The commands that were not sent, by request id, with why: ``ProbeUnavailable`` (not connected
-            here) or ``NotFound`` (the probe was deleted meanwhile).
+            The commands that were not sent, by request id, with why (``ProbeUnavailable``: not connected here;
+            a deleted probe's connection is closed when it is deleted).
         """
         failed: dict[str, LegatorError] = {}
-        connected = [command for command in commands if command.probe_id in self._sessions]
-        identities = await self._fleet.signing_identities([c.probe_id for c in connected]) if connected else {}
         for command in commands:
-            identity = identities.get(command.probe_id)
-            if command.probe_id not in self._sessions:
-                failed[command.request_id] = ProbeUnavailable(
-                    f"probe {command.probe_id} is not connected", details={"probe_id": command.probe_id}
-                )
-            elif identity is None:
-                failed[command.request_id] = NotFound(
-                    f"probe {command.probe_id} not found", details={"probe_id": command.probe_id}
-                )
-            else:
-                try:
-                    await self._send_tracked(command, identity.generation)
-                except ProbeUnavailable as exc:
-                    failed[command.request_id] = exc
+            try:
+                await self._send_tracked(command)
+            except ProbeUnavailable as exc:
+                failed[command.request_id] = exc
         return failed
 
-    async def _send_tracked(self, command: CommandPayload, generation: int) -> None:
+    async def _send_tracked(self, command: CommandPayload) -> None:
         message = CommandMessage(id=new_message_id(), ts=self._clock(), payload=command)
         tracker = _Tracker(command.request_id, command.probe_id, message.id)
         self._trackers[command.request_id] = tracker
         self._by_envelope[message.id] = command.request_id
         try:
-            await self._send(command.probe_id, message, generation=generation)
+            await self._send(command.probe_id, message)
         except ProbeUnavailable:
             self._forget(tracker)
             raise
@@ -279,21 +254,28 @@ class Hub:
         Raises:
             ProbeUnavailable: If the probe is not connected.
         """
-        identity = await self._fleet.signing_identity(run.probe_id)
         payload = CancelPayload(**self._signed_fields(run.probe_id), request_id=run.request_id)
         message = CancelMessage(id=new_message_id(), ts=self._clock(), payload=payload)
-        await self._send(run.probe_id, message, generation=identity.generation)
+        await self._send(run.probe_id, message)
 
-    async def _send(self, probe_id: str, message: SignedMessage, *, generation: int) -> None:
+    async def _send(self, probe_id: str, message: SignedMessage) -> "ProbeSession":
+        """Sign ``message`` with the key generation the probe's connection trusts and queue it; returns the session.
+
+        The connection learns that generation when it authenticates and follows the rotations sent through it, so
+        signing needs no database read (a rotation made elsewhere while the probe is connected here stays pending
+        until it reconnects, and until then the key it trusts is still the right one).
+        """
         session = self._sessions.get(probe_id)
         if session is None:
             raise ProbeUnavailable(f"probe {probe_id} is not connected", details={"probe_id": probe_id})
+        generation = session.signing_generation
         signed = sign_envelope(
             message,
             key_id=self._keys.key_id(probe_id, generation),
             private_key=self._keys.private_key(probe_id, generation),
         )
         await session.send_signed(signed)
+        return session
 
     async def wait(self, request_id: str, *, timeout: float) -> CommandRunRead | None:
         """Wait up to ``timeout`` seconds for a tracked command's result; ``None`` if it did not come."""

@@ -51,7 +51,7 @@ async def _probe_socket(websocket: WebSocket) -> None:
 async def _authenticated_session(websocket: WebSocket, services: AppContext, credential: str) -> ProbeSession | None:
     """Authenticate and accept the connection; ``None`` if it was refused (the refusal is sent and audited)."""
     try:
-        probe = await services.fleet.authenticate_probe(credential)
+        authenticated = await services.fleet.authenticate_probe(credential)
     except Unauthenticated as exc:
         await services.audit.record(
             type="auth.probe_denied",
@@ -62,7 +62,7 @@ async def _authenticated_session(websocket: WebSocket, services: AppContext, cre
         await websocket.send_denial_response(_deny(401, "unauthorized", "invalid probe credential"))
         return None
     await websocket.accept()
-    session = ProbeSession(websocket, probe=probe, services=services)
+    session = ProbeSession(websocket, probe=authenticated, services=services)
     await services.hub.attach(session)
     return session
 

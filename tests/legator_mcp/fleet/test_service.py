@@ -232,7 +232,9 @@ async def test_registration_issues_an_identity_a_credential_a_signing_key_and_a_
         "policy_id": "default-observe", "level": "observe", "path_allow": [], "path_deny": [], "version": 1,
     }  # fmt: skip
     assert result.heartbeat_interval_s == 30.0
-    probe = await fleet.service.authenticate_probe(result.credential)
+    authenticated = await fleet.service.authenticate_probe(result.credential)
+    assert (authenticated.signing_generation, authenticated.key_rotation_pending) == (1, False)
+    probe = authenticated.probe
     assert (probe.id, probe.hostname, probe.status, probe.tags) == (
         result.probe_id,
         "web-1.example.com",
@@ -332,7 +334,7 @@ async def test_re_registering_a_hostname_keeps_its_identity_and_revokes_the_old_
     assert second.credential != first.credential
     with pytest.raises(Unauthenticated):
         await fleet.service.authenticate_probe(first.credential)
-    after = await fleet.service.authenticate_probe(second.credential)
+    after = (await fleet.service.authenticate_probe(second.credential)).probe
     assert after.tags == ["edge", "prod"], "tags of the new token are merged in"
     assert (after.policy_level, after.key_generation, after.registered_at) == (
         before.policy_level, before.key_generation, before.registered_at,
@@ -638,7 +640,8 @@ async def test_deleting_a_probe_revokes_its_credential_and_disconnects_it(fleet:
 
 
 async def test_rotating_an_offline_probes_key_is_delivered_on_reconnect(fleet: Fleet) -> None:
-    probe_id = (await fleet.register("web-1")).probe_id
+    registered = await fleet.register("web-1")
+    probe_id = registered.probe_id
     rotated = await fleet.service.rotate_key(actor=ADMIN, probe_id=probe_id)
     assert (rotated.status, rotated.generation, rotated.delivery) == ("rotated", 2, "on_reconnect")
     assert rotated.key_id == fleet.service.keyring.key_id(probe_id, 2)
@@ -646,6 +649,9 @@ async def test_rotating_an_offline_probes_key_is_delivered_on_reconnect(fleet: F
     assert again.generation == 3
     # The probe knows only generation 1, so that keeps signing until it has been told.
     assert (await fleet.service.signing_identity(probe_id)).generation == 1
+    # What the gateway learns when the probe connects: sign with generation 1, a rotation awaits delivery.
+    authenticated = await fleet.service.authenticate_probe(registered.credential)
+    assert (authenticated.signing_generation, authenticated.key_rotation_pending) == (1, True)
     assert await fleet.service.deliver_pending_key_rotation(probe_id=probe_id) is True
     assert [m.payload.new_key_id for m in fleet.link.rotations] == [fleet.service.keyring.key_id(probe_id, 3)]
     assert fleet.link.rotations[0].sig is not None and fleet.link.rotations[0].sig.startswith("g1-")

@@ -4,11 +4,10 @@ import random
 from collections.abc import AsyncIterator
 
 import anyio
-import httpx
 import pytest
 import websockets.asyncio.client as ws_client
 from tests.support.app import Running, serve
-from tests.support.probes import create_token
+from tests.support.probes import register_probe
 from tests.support.waiting import until
 from websockets.exceptions import InvalidStatus
 
@@ -82,11 +81,7 @@ async def one_handshake(settings: Settings) -> AsyncIterator[Running]:
 
 
 async def _credential(cp: Running, hostname: str) -> str:
-    token = await create_token(cp.base_url, cp.admin_key)
-    async with httpx.AsyncClient(base_url=cp.base_url) as client:
-        registered = await client.post("/api/v1/register", json={"token": token, "hostname": hostname})
-    assert registered.status_code == 201, registered.text
-    return str(registered.json()["credential"])
+    return str((await register_probe(cp.base_url, cp.admin_key, hostname))["credential"])
 
 
 async def test_a_probe_is_told_to_back_off_while_the_handshake_slots_are_taken(one_handshake: Running) -> None:

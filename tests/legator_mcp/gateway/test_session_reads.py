@@ -1,0 +1,116 @@
+"""A connection keeps being read while the database writer is busy.
+
+The server stops reading a WebSocket until the application has taken its last message; a session that waited for
+the writer with each heartbeat left the probe's keepalive pings unanswered, and under a write backlog probes gave
+up and redialled (bench/probe_swarm.py, 10,000 probes). These tests hold the writer and watch the connection.
+"""
+
+from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+import websockets.asyncio.client as ws_client
+from tests.support.app import Running, serve
+from tests.support.probes import register_probe
+from tests.support.waiting import until
+
+from legator_mcp.settings import Settings
+from legator_probe.protocol import (
+    ErrorMessage,
+    HeartbeatPayload,
+    HelloPayload,
+    PolicyUpdateMessage,
+    ProbeProtocol,
+    Side,
+    TrustedKey,
+    Verifier,
+    WelcomeMessage,
+    decode_public_key,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def cp(settings: Settings) -> AsyncIterator[Running]:
+    async with serve(settings) as running:
+        yield running
+
+
+class _Probe:
+    """The agent's side of the protocol over a plain WebSocket client: enough to say hello and report."""
+
+    def __init__(self, ws: ws_client.ClientConnection, registered: dict[str, Any]) -> None:
+        self.ws = ws
+        key = registered["signing_key"]
+        verifier = Verifier(
+            probe_id=registered["probe_id"], now=lambda: datetime.now(UTC),
+            keys=[TrustedKey(key["key_id"], decode_public_key(key["public_key"]))],
+        )  # fmt: skip
+        self.protocol = ProbeProtocol(Side.AGENT, verifier=verifier)
+
+    async def flush(self) -> None:
+        for frame in self.protocol.data_to_send():
+            await self.ws.send(frame)
+
+    async def until_policy(self) -> None:
+        welcomed = False
+        async for raw in self.ws:
+            self.protocol.receive_text(str(raw))
+            for event in self.protocol.events_received():
+                welcomed = welcomed or isinstance(event, WelcomeMessage)
+                if isinstance(event, PolicyUpdateMessage) and welcomed:
+                    return
+
+    async def next_error(self) -> ErrorMessage:
+        async for raw in self.ws:
+            self.protocol.receive_text(str(raw))
+            for event in self.protocol.events_received():
+                if isinstance(event, ErrorMessage):
+                    return event
+        raise AssertionError("the connection closed before an error came")
+
+
+def _heartbeat(uptime_s: float) -> HeartbeatPayload:
+    return HeartbeatPayload(
+        uptime_s=uptime_s, load=(0.1, 0.1, 0.1), mem_total_bytes=8 * 2**30, mem_used_bytes=2**30,
+        disk_total_bytes=100 * 2**30, disk_used_bytes=10 * 2**30,
+    )  # fmt: skip
+
+
+async def test_a_connection_is_still_read_while_its_heartbeats_wait_for_the_writer(cp: Running) -> None:
+    registered = await register_probe(cp.base_url, cp.admin_key, "busy-writer-1")
+    probe_id = registered["probe_id"]
+    url = cp.base_url.replace("http://", "ws://") + "/ws/probe"
+    services = cp.app.services
+    headers = {"Authorization": f"Bearer {registered['credential']}"}
+    with anyio.fail_after(30):
+        async with ws_client.connect(url, additional_headers=headers, ping_interval=None) as ws:
+            probe = _Probe(ws, registered)
+            probe.protocol.send_hello(HelloPayload(probe_id=probe_id, version="1.0.0", hostname="busy-writer-1"))
+            await probe.flush()
+            await probe.until_policy()
+            await until(lambda: services.hub.is_connected(probe_id))
+            async with services.database.write():
+                # The writer is held: each heartbeat below needs it. The reader must still take the frame after
+                # them: a malformed one, which it answers with a protocol error without touching the database.
+                for uptime in (101.0, 102.0, 103.0):
+                    probe.protocol.send_heartbeat(_heartbeat(uptime))
+                await probe.flush()
+                await ws.send("{not json")
+                with anyio.fail_after(5):
+                    error = await probe.next_error()
+                assert error.payload.code == "malformed_message"
+
+            # Released: the heartbeats are written, and the last one is what the probe's health shows.
+            async def last_uptime() -> float | None:
+                metrics = (await services.fleet.health(probe_id)).metrics
+                return None if metrics is None else metrics.uptime_s
+
+            await until(lambda: _equals(last_uptime(), 103.0))
+
+
+async def _equals(value: Awaitable[float | None], expected: float) -> bool:
+    return await value == expected
