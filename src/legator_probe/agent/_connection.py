@@ -118,11 +118,8 @@ class AgentConnection:
     async def _read(self, handler: EventHandler) -> None:
         try:
             async for raw in self._websocket:
-                text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-                self.protocol.receive_text(text)
-                await self._enqueue(self.protocol.data_to_send())
-                for event in self.protocol.events_received():
-                    await handler(event)
+                await self._receive_frame(raw, handler)
+                del raw  # not kept (up to max_frame_bytes) while waiting, maybe for hours, for the next frame
                 if self.protocol.state >= State.CLOSING:
                     if self.protocol.protocol_exc is not None:
                         logger.warning("closing the connection: %s", self.protocol.protocol_exc.message)
@@ -134,11 +131,23 @@ class AgentConnection:
         except ConnectionGone:
             pass
 
+    async def _receive_frame(self, raw: str | bytes, handler: EventHandler) -> None:
+        """Feed one frame to the protocol, queue its answers and hand its events to ``handler``.
+
+        A method of its own so that the frame's text and events die with it when it returns.
+        """
+        text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+        self.protocol.receive_text(text)
+        await self._enqueue(self.protocol.data_to_send())
+        for event in self.protocol.events_received():
+            await handler(event)
+
     async def _write(self) -> None:
         try:
             async with self._receive:
                 async for frame in self._receive:
                     await self._websocket.send(frame)
+                    del frame  # the last frame sent (an inventory, a capped result) is not kept while idle
         except ConnectionClosed:
             self._closing = True
         finally:

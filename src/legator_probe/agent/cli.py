@@ -137,10 +137,11 @@ def configure_logging(settings: ProbeSettings) -> None:
 def _run(args: argparse.Namespace, settings: ProbeSettings) -> int:
     import anyio
 
-    from legator_probe.agent._memory import limit_malloc_arenas
+    from legator_probe.agent._memory import fix_mmap_threshold, limit_malloc_arenas
     from legator_probe.agent.daemon import ProbeDaemon
 
     limit_malloc_arenas()
+    fix_mmap_threshold()
     path = resolve_config_path(args.config, settings)
     config = _load(path)
     configure_logging(settings)

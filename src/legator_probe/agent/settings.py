@@ -109,7 +109,7 @@ class PolicyConfig(BaseModel):
 class ProbeConfig(BaseModel):
     """The probe's config file (JSON), written by ``init`` and updated by signed instructions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", cache_strings=False)  # as the wire models: no JSON string cache
 
     format: Literal[1] = CONFIG_FORMAT
     server_url: Annotated[str, Field(min_length=1, max_length=2048)]

@@ -11,7 +11,7 @@ import uuid
 from typing import Annotated, Any, Final, Literal, TypeAlias, cast
 
 import pydantic_core
-from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
 from legator_probe.protocol.commands import CommandPayload
 from legator_probe.protocol.errors import MalformedMessage
@@ -270,7 +270,8 @@ _FRAME_ADAPTER: Final[TypeAdapter[Message | UnknownMessage]] = TypeAdapter(
         | Annotated[BackoffMessage, Tag("backoff")]
         | Annotated[UnknownMessage, Tag(_UNKNOWN_TAG)],
         Discriminator(_frame_tag),
-    ]
+    ],
+    config=ConfigDict(cache_strings=False),  # as WireModel: no process-wide JSON string cache
 )
 """Like :data:`MESSAGE_ADAPTER`, but maps unknown string ``type`` values to :class:`UnknownMessage`."""
 
@@ -285,7 +286,7 @@ def new_message_id() -> str:
 def _peek(text: str | bytes) -> tuple[str | None, str | None]:
     """Best-effort ``(id, type)`` of a frame that failed validation, for error reports."""
     try:
-        value: object = pydantic_core.from_json(text)
+        value: object = pydantic_core.from_json(text, cache_strings=False)
     except ValueError:
         return None, None
     if not isinstance(value, dict):

@@ -51,3 +51,92 @@ def test_capped_arenas_are_shared_by_threads() -> None:
     assert applied == "True" and grown == 0
     # The control: without the cap, the same allocating threads do get arenas of their own.
     assert _new_arenas("uncapped")[1] >= 1
+
+
+_STRING_CACHE_PROGRAM = """
+import sys, uuid
+import pydantic_core
+from legator_probe.protocol.messages import parse_message
+
+def rss_kib():
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+def frame():
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    return (
+        '{"id": "%s", "type": "error", "ts": "2026-01-01T00:00:00Z", '
+        '"payload": {"code": "c", "message": "%s", "ref_id": "%s"}}' % tuple(ids)
+    )
+
+if sys.argv[1] == "probe":
+    parse = parse_message
+else:
+    parse = lambda text: pydantic_core.from_json(text, cache_strings=True)
+for _ in range(200):
+    parse(frame())
+before = rss_kib()
+for _ in range(20_000):
+    parse(frame())
+print(rss_kib() - before)
+"""
+
+
+def _growth_kib(mode: str) -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", _STRING_CACHE_PROGRAM, mode],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
+def test_parsing_frames_keeps_no_strings_alive() -> None:
+    # pydantic-core's JSON string cache is process-wide: with it, every distinct short string (ids, nonces)
+    # stays referenced until 16,384 slots are full, about 1.7 MiB for a probe that has run for a while.
+    assert _growth_kib("probe") < 512
+    # The control: the same frames through the cache do grow the process.
+    assert _growth_kib("cached") > 1024
+
+
+_THRESHOLD_PROGRAM = """
+import sys
+from legator_probe.agent._memory import fix_mmap_threshold
+
+def rss_kib():
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+applied = fix_mmap_threshold() if sys.argv[1] == "fixed" else None
+before = rss_kib()
+frame = "x" * (16 << 20)  # one large frame, freed again
+del frame
+buffers = ["y" * ((1 << 20) - 64) + str(i) for i in range(12)]  # later output buffers, freed again
+del buffers
+print(applied, rss_kib() - before)
+"""
+
+
+def _kept_kib(mode: str) -> tuple[str, int]:
+    result = subprocess.run(
+        [sys.executable, "-c", _THRESHOLD_PROGRAM, mode],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    applied, kept = result.stdout.split()
+    return applied, int(kept)
+
+
+def test_freed_large_buffers_leave_after_a_large_frame() -> None:
+    applied, kept = _kept_kib("fixed")
+    assert applied == "True" and kept < 4096
+    # The control: glibc's moving threshold keeps the freed buffers in the heap.
+    assert _kept_kib("moving")[1] > 8192
