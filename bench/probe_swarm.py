@@ -80,6 +80,7 @@ from legator_probe.protocol import (
     Verifier,
     WelcomeMessage,
     decode_public_key,
+    inventory_digest,
 )
 
 OPEN_TIMEOUT_S = 30.0
@@ -306,6 +307,7 @@ class Stats:
     backoff_messages: int = 0
     heartbeats_sent: int = 0
     inventories_sent: int = 0
+    inventories_skipped: int = 0
     closed: int = 0
     crashed: int = 0
     commands_answered: int = 0
@@ -319,7 +321,8 @@ class Stats:
             "server_errors": dict(self.server_errors), "server_closes": dict(self.server_closes),
             "violations": self.violations,
             "backoff_messages": self.backoff_messages, "heartbeats_sent": self.heartbeats_sent,
-            "inventories_sent": self.inventories_sent, "closed": self.closed, "crashed": self.crashed,
+            "inventories_sent": self.inventories_sent, "inventories_skipped": self.inventories_skipped,
+            "closed": self.closed, "crashed": self.crashed,
             "commands_answered": self.commands_answered, "commands_refused": self.commands_refused,
         }  # fmt: skip
 
@@ -540,7 +543,12 @@ class SimProbe:
                         watchdog.cancel()
                         swarm.stats.welcomes += 1
                         inventory = swarm.inventory_for(self)
-                        if inventory is not None:
+                        if inventory is None:
+                            pass
+                        elif event.payload.inventory_digest == inventory_digest(inventory):
+                            # Like the agent: the control plane has this inventory already.
+                            swarm.stats.inventories_skipped += 1
+                        else:
                             protocol.send_inventory(inventory)
                             swarm.stats.inventories_sent += 1
                         hb_task = asyncio.create_task(self._heartbeats(ws, protocol))
@@ -1010,7 +1018,8 @@ async def _storm(
     n = len(swarm.probes)
     for probe in swarm.probes:
         probe.backoff.reset()  # these connections lived long (>= reset_after_s); the agent resets then too
-    swarm.inventory_epoch += 1
+    if args.storm_inventory == "changed":
+        swarm.inventory_epoch += 1  # every host's inventory differs from the stored one: all are resent
     marker = swarm.inventory_marker
     sampler.phase = "storm"
     before = swarm.stats.snapshot()
@@ -1027,7 +1036,7 @@ async def _storm(
         "server_cpu_cores": sampler.cpu_share("storm"), "swarm_cpu_cores": sampler.cpu_share("storm", "swarm_cpu_s"),
     }  # fmt: skip
     print(f"storm: {swarm.ready_count}/{n} back in {storm_s:.1f} s")
-    if counter is not None and args.inventory == "real":
+    if counter is not None and args.inventory == "real" and args.storm_inventory == "changed":
         sampler.phase = "storm-settle"
         t_settle = time.monotonic()
 
@@ -1082,6 +1091,11 @@ def report(results: dict[str, Any]) -> None:
         ("storm progress", g("storm.progress_s")),
         ("storm 503s / dials", f"{(g('storm.counters.http_status') or {}).get(503, 0)} / {g('storm.counters.dials')}"),
         ("storm server CPU (cores)", g("storm.server_cpu_cores")),
+        (
+            "storm inventories sent / skipped",
+            f"{g('storm.counters.inventories_sent')} / {g('storm.counters.inventories_skipped')}",
+        ),
+        ("server RSS during storm", med_mib("rss_summary.server_storm")),
         ("fleet view at end", g("fleet_end")),
         ("signature rejections", g("counters_total.signature_rejections")),
         ("total seconds", g("total_seconds")),
@@ -1102,6 +1116,13 @@ def main() -> None:
         choices=["real", "none"],
         default="real",
         help="send this host's real inventory after each welcome, like the agent (default), or none",
+    )
+    parser.add_argument(
+        "--storm-inventory",
+        choices=["unchanged", "changed"],
+        default="unchanged",
+        help="in the storm, hosts whose inventory did not change (default: the agent does not resend it, the"
+        " welcome names the stored one) or changed on every host (each probe resends it: the worst case)",
     )
     parser.add_argument(
         "--connect-rate",

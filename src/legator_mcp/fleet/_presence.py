@@ -244,7 +244,7 @@ class Presence:
                 probes.append({
                     "id": probe_id, "os": report.os, "arch": report.arch, "kernel": report.kernel, "cpus": report.cpus,
                     "mem_total_bytes": report.mem_total_bytes, "disk_total_bytes": report.disk_total_bytes,
-                    "inventory_collected_at": report.collected_at,
+                    "inventory_collected_at": report.collected_at, "inventory_digest": report.digest,
                 })  # fmt: skip
             await self._store.replace_inventories(session, inventories)
             await self._store.update_probes(session, probes)

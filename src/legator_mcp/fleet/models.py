@@ -38,7 +38,7 @@ class Probe(Base):
     ``credential_hash`` is the SHA-256 of the probe's credential (never the credential). ``key_generation`` is
     the newest signing-key generation; while ``key_rotation_pending`` the probe has not been told about it yet
     and still trusts ``previous_key_generation``, which therefore keeps signing. Inventory scalars (``kernel``,
-    ``cpus``, byte totals) are copied here so fleet roll-ups need no JSON.
+    ``cpus``, byte totals) are copied here so fleet roll-ups need no JSON, with the inventory's digest.
     """
 
     __tablename__ = "probes"
@@ -74,6 +74,8 @@ class Probe(Base):
     mem_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
     disk_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
     inventory_collected_at: Mapped[datetime | None]
+    inventory_digest: Mapped[str | None] = mapped_column(String(64))
+    """``inventory_digest()`` of the stored inventory: sent in ``welcome`` so an unchanged host does not resend it."""
 
     tag_rows: Mapped[list["ProbeTag"]] = relationship(
         lazy="selectin", cascade="all, delete-orphan", passive_deletes=True, order_by="ProbeTag.tag"

@@ -16,6 +16,7 @@ from legator_probe.protocol.payloads import (
     PackageInfo,
     ServiceInfo,
     UserInfo,
+    inventory_digest,
 )
 from legator_probe.protocol.types import CapabilityLevel
 
@@ -369,6 +370,7 @@ class InventoryReport:
     """
 
     data: JSONText
+    digest: str
     collected_at: datetime
     os: str
     arch: str
@@ -381,7 +383,8 @@ class InventoryReport:
     def of(cls, inventory: InventoryPayload) -> "InventoryReport":
         """The report of a validated inventory payload."""
         return cls(
-            data=JSONText(inventory.model_dump_json()), collected_at=inventory.collected_at, os=inventory.os[:64],
+            data=JSONText(inventory.model_dump_json()), digest=inventory_digest(inventory),
+            collected_at=inventory.collected_at, os=inventory.os[:64],
             arch=inventory.arch[:32], kernel=inventory.kernel[:255], cpus=inventory.cpus,
             mem_total_bytes=inventory.mem_total_bytes,
             disk_total_bytes=sum(disk.total_bytes for disk in inventory.disks) or None,
@@ -394,6 +397,7 @@ class AuthenticatedProbe(BaseModel):
     probe: ProbeRead
     signing_generation: int = Field(description="the key generation the probe trusts now (see SigningIdentity)")
     key_rotation_pending: bool = Field(description="a rotation made while it was offline awaits delivery")
+    inventory_digest: str | None = Field(default=None, description="digest of the inventory on file, if any")
 
 
 class CleanupResult(BaseModel):

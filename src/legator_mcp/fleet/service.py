@@ -233,6 +233,7 @@ class FleetService:
                 probe=self._read(probe),
                 signing_generation=self._signing_generation(probe),
                 key_rotation_pending=probe.key_rotation_pending,
+                inventory_digest=probe.inventory_digest,
             )
 
     async def probe_connected(self, *, probe_id: str, hello: HelloPayload) -> ProbeRead:

@@ -93,6 +93,7 @@ class ProbeSession:
         self.probe_id = probe.probe.id
         self._probe = probe.probe
         self._rotation_pending = probe.key_rotation_pending
+        self._inventory_digest = probe.inventory_digest
         self.signing_generation = probe.signing_generation
         """The key generation the probe trusts: what the hub signs this connection's instructions with."""
         self._ws = websocket
@@ -363,6 +364,7 @@ class ProbeSession:
                 heartbeat_interval_s=services.settings.heartbeat_interval_s,
                 server_time=utcnow(),
                 policy_level=self._probe.policy_level,
+                inventory_digest=self._inventory_digest,
             )
         )
         self._flush()

@@ -35,6 +35,7 @@ from legator_probe.protocol.payloads import (
     HelloPayload,
     OutputChunkPayload,
     RejectionPayload,
+    inventory_digest,
 )
 
 if TYPE_CHECKING:
@@ -180,14 +181,19 @@ class Session:
             return
 
     async def _inventories(self) -> None:
+        # The welcome names the inventory the control plane has on file: an unchanged host does not resend it on
+        # connecting, so a control-plane restart does not bring every probe's inventory at once. The periodic
+        # ones are always sent (they refresh what the digest leaves out, such as disk usage).
+        on_file = self.welcome.payload.inventory_digest if self.welcome is not None else None
         try:
             while True:
-                await self._send_inventory()
+                await self._send_inventory(unless_digest=on_file)
+                on_file = None
                 await anyio.sleep(self.daemon.state.config.inventory_interval_s)
         except ConnectionGone:
             return
 
-    async def _send_inventory(self) -> None:
+    async def _send_inventory(self, *, unless_digest: str | None = None) -> None:
         # A method of its own so that the payload (thousands of packages on some hosts) is not kept alive
         # through the sleep between two inventories.
         from legator_probe.agent.inventory import collect_inventory
@@ -196,6 +202,9 @@ class Session:
             payload = await anyio.to_thread.run_sync(partial(collect_inventory, hostname=self.daemon.hostname))
         except Exception:  # telemetry boundary: a broken source must not end the session
             logger.exception("inventory collection failed")
+            return
+        if unless_digest is not None and inventory_digest(payload) == unless_digest:
+            logger.info("inventory unchanged since the control plane's copy; not resent")
             return
         await self.connection.send(partial(ProbeProtocol.send_inventory, payload=payload))
 

@@ -3,7 +3,8 @@
 Shaped like uvicorn's ``Server``: :meth:`ProbeDaemon.serve` runs ``startup → main loop → shutdown``.
 
 * **Main loop** — dial ``/ws/probe`` with the credential, send ``hello``, wait for ``welcome``, then
-  send ``inventory`` at once and every ``inventory_interval_s`` and a ``heartbeat`` every
+  send ``inventory`` at once (unless the welcome's ``inventory_digest`` shows the control plane has this
+  host's inventory already) and every ``inventory_interval_s``, and a ``heartbeat`` every
   ``heartbeat_interval_s`` while executing signed instructions. When the connection ends, wait as
   :class:`~legator_probe.agent.backoff.Backoff` says and dial again.
 * **Shutdown** — the first SIGTERM/SIGINT (or :meth:`request_stop`) stops new commands, gives

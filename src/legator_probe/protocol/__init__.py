@@ -110,6 +110,7 @@ from legator_probe.protocol.payloads import (
     UpdatePayload,
     UserInfo,
     WelcomePayload,
+    inventory_digest,
 )
 from legator_probe.protocol.signing import (
     DEFAULT_CLOCK_SKEW,
@@ -185,6 +186,7 @@ __all__ = [
     "UpdatePayload",
     "UserInfo",
     "WelcomePayload",
+    "inventory_digest",
     # commands
     "COMMAND_PAYLOAD_ADAPTER",
     "DEFAULT_MAX_OUTPUT_BYTES",

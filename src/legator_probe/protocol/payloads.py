@@ -7,6 +7,7 @@ probe does not understand makes the signature check fail rather than being silen
 
 import base64
 import binascii
+import hashlib
 from typing import Annotated, cast
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
@@ -45,6 +46,7 @@ __all__ = [
     "UserInfo",
     "WelcomePayload",
     "WireModel",
+    "inventory_digest",
 ]
 
 PROTOCOL_VERSION = 1
@@ -107,6 +109,11 @@ class WelcomePayload(WireModel):
     heartbeat_interval_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     server_time: UtcDatetime
     policy_level: CapabilityLevel
+    inventory_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+        default=None,
+        description="inventory_digest() of the inventory the control plane has on file for this probe, if any: "
+        "an agent whose inventory has the same digest need not send it on connecting",
+    )
 
 
 # --- telemetry --------------------------------------------------------------------------------
@@ -181,6 +188,20 @@ class InventoryPayload(WireModel):
     services: list[ServiceInfo] = []
     users: list[UserInfo] = []
     collected_at: UtcDatetime
+
+
+_VOLATILE_INVENTORY: dict[str, object] = {"collected_at": True, "disks": {"__all__": {"used_bytes"}}}
+"""What :func:`inventory_digest` leaves out: when it was collected, and disk usage (heartbeats carry that)."""
+
+
+def inventory_digest(inventory: InventoryPayload) -> str:
+    """SHA-256 (hex) of what the inventory says about the host, leaving out when it was collected and how full its
+    disks are, which change between any two collections without the host having changed.
+
+    Both sides compute it from the same model, so equal digests mean the control plane's copy is current.
+    """
+    text = inventory.model_dump_json(exclude=_VOLATILE_INVENTORY)  # pyright: ignore[reportArgumentType]
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # --- command output ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,11 @@ from mcp.client.streamable_http import streamable_http_client
 from tests.support.app import Running, serve
 from tests.support.mcp import tool_error_code
 from tests.support.probes import ProbeProcess, create_token, start_probe
+from tests.support.waiting import until
 
 from legator_mcp.audit.schemas import AuditQuery
 from legator_mcp.commands.schemas import CommandStatus
-from legator_mcp.errors import LegatorError
+from legator_mcp.errors import LegatorError, NotFound
 from legator_mcp.events.service import Subscription
 from legator_mcp.flows.run_command import CommandRequest
 from legator_mcp.policy.schemas import Decision, PolicyDecision
@@ -282,6 +284,7 @@ async def test_a_killed_probe_goes_offline_and_probes_reconnect_after_a_restart(
         first = await _online_probe(cp, tmp_path, name="a")
         second = await _online_probe(cp, tmp_path, name="b")
         try:
+            stored = await until(lambda: _inventory_received_at(cp, second.probe_id))
             async with cp.app.services.events.subscribe("probe.offline") as offline:
                 first.kill()
                 await _wait_for(offline, "probe.offline", first.probe_id, timeout=20)
@@ -300,8 +303,18 @@ async def test_a_killed_probe_goes_offline_and_probes_reconnect_after_a_restart(
                     f"/api/v1/probes/{second.probe_id}/command?wait=true", json={"command": "true"}, timeout=60
                 )
             assert response.status_code == 200 and response.json()["status"] == "ok"
+            # Its host did not change, and the welcome said which inventory is on file: it was not resent.
+            await until(lambda: "inventory unchanged" in second.log.read_text(encoding="utf-8", errors="replace"))
+            assert await _inventory_received_at(restarted, second.probe_id) == stored
     finally:
         second.terminate()
+
+
+async def _inventory_received_at(cp: Running, probe_id: str) -> datetime | None:
+    try:
+        return (await cp.app.services.fleet.get_inventory(probe_id)).received_at
+    except NotFound:
+        return None
 
 
 async def test_wrong_credentials_never_upgrade_and_garbage_frames_do_not_hurt_the_gateway(cp: Running) -> None:

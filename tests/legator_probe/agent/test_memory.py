@@ -31,9 +31,10 @@ print(applied, arena_heaps() - before)
 """
 
 
-def _new_arenas(mode: str) -> tuple[str, int]:
+def _measure(program: str, mode: str) -> tuple[str, int]:
+    """Run ``program`` in a fresh interpreter: whether the setting applied, and the figure it printed."""
     result = subprocess.run(
-        [sys.executable, "-c", _PROGRAM, mode],
+        [sys.executable, "-c", program, mode],
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -41,8 +42,12 @@ def _new_arenas(mode: str) -> tuple[str, int]:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    applied, grown = result.stdout.split()
-    return applied, int(grown)
+    applied, figure = result.stdout.split()
+    return applied, int(figure)
+
+
+def _new_arenas(mode: str) -> tuple[str, int]:
+    return _measure(_PROGRAM, mode)
 
 
 def test_capped_arenas_are_shared_by_threads() -> None:
@@ -122,17 +127,7 @@ print(applied, rss_kib() - before)
 
 
 def _kept_kib(mode: str) -> tuple[str, int]:
-    result = subprocess.run(
-        [sys.executable, "-c", _THRESHOLD_PROGRAM, mode],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    applied, kept = result.stdout.split()
-    return applied, int(kept)
+    return _measure(_THRESHOLD_PROGRAM, mode)
 
 
 def test_freed_large_buffers_leave_after_a_large_frame() -> None:

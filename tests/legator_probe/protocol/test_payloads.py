@@ -1,3 +1,4 @@
+from datetime import UTC, datetime
 from typing import Literal
 
 import pytest
@@ -7,11 +8,16 @@ from legator_probe.protocol.payloads import (
     PROTOCOL_VERSION,
     BackoffPayload,
     CommandResultPayload,
+    DiskInfo,
     HeartbeatPayload,
     HelloPayload,
+    InventoryPayload,
     KeyRotationPayload,
+    PackageInfo,
     UpdatePayload,
+    WelcomePayload,
     WireModel,
+    inventory_digest,
 )
 
 KEY = "A" * 43 + "="  # standard base64 of 32 bytes
@@ -91,3 +97,39 @@ def test_command_result_defaults_describe_an_empty_outcome() -> None:
         False,
         None,
     )
+
+
+def _inventory(**changes: object) -> InventoryPayload:
+    base = InventoryPayload(
+        hostname="web-1", os="linux", os_version="12", kernel="6.1.0", arch="x86_64", cpus=4,
+        mem_total_bytes=8 * 2**30, disks=[DiskInfo(mount="/", fstype="ext4", total_bytes=100, used_bytes=40)],
+        packages=[PackageInfo(name="openssl", version="3.0.11", manager="dpkg")],
+        collected_at=datetime(2026, 11, 28, 12, 0, tzinfo=UTC),
+    )  # fmt: skip
+    return base.model_copy(update=changes)
+
+
+def test_the_inventory_digest_ignores_when_it_was_collected_and_how_full_the_disks_are() -> None:
+    digest = inventory_digest(_inventory())
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    later = _inventory(
+        collected_at=datetime(2026, 11, 29, 8, 0, tzinfo=UTC),
+        disks=[DiskInfo(mount="/", fstype="ext4", total_bytes=100, used_bytes=95)],
+    )
+    assert inventory_digest(later) == digest
+    # What the host is does count: a package upgrade, a new disk, another kernel.
+    upgraded = _inventory(packages=[PackageInfo(name="openssl", version="3.0.13", manager="dpkg")])
+    bigger = _inventory(disks=[DiskInfo(mount="/", fstype="ext4", total_bytes=200, used_bytes=40)])
+    assert (
+        len({digest, inventory_digest(upgraded), inventory_digest(bigger), inventory_digest(_inventory(kernel="6.2"))})
+        == 4
+    )
+
+
+def test_a_welcome_names_a_digest_only_in_its_hex_form() -> None:
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    digest = inventory_digest(_inventory())
+    assert WelcomePayload(server_time=now, policy_level="observe", inventory_digest=digest).inventory_digest == digest
+    assert WelcomePayload(server_time=now, policy_level="observe").inventory_digest is None
+    with pytest.raises(ValidationError):
+        WelcomePayload(server_time=now, policy_level="observe", inventory_digest="not-a-digest")

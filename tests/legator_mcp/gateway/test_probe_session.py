@@ -1,8 +1,10 @@
-"""A connection keeps being read while the database writer is busy.
+"""A probe's session seen from the probe's side of the wire (the agent's protocol over a plain WebSocket client).
 
-The server stops reading a WebSocket until the application has taken its last message; a session that waited for
-the writer with each heartbeat left the probe's keepalive pings unanswered, and under a write backlog probes gave
-up and redialled (bench/probe_swarm.py, 10,000 probes). These tests hold the writer and watch the connection.
+- A connection keeps being read while the database writer is busy. The server stops reading a WebSocket until
+  the application has taken its last message; a session that waited for the writer with each heartbeat left the
+  probe's keepalive pings unanswered, and under a write backlog probes gave up and redialled
+  (bench/probe_swarm.py, 10,000 probes).
+- The welcome names the inventory on file, so an unchanged host need not resend it on connecting.
 """
 
 from collections.abc import AsyncIterator, Awaitable
@@ -16,11 +18,14 @@ from tests.support.app import Running, serve
 from tests.support.probes import register_probe
 from tests.support.waiting import until
 
+from legator_mcp.errors import NotFound
 from legator_mcp.settings import Settings
 from legator_probe.protocol import (
     ErrorMessage,
     HeartbeatPayload,
     HelloPayload,
+    InventoryPayload,
+    PackageInfo,
     PolicyUpdateMessage,
     ProbeProtocol,
     Side,
@@ -28,6 +33,7 @@ from legator_probe.protocol import (
     Verifier,
     WelcomeMessage,
     decode_public_key,
+    inventory_digest,
 )
 
 pytestmark = pytest.mark.anyio
@@ -55,14 +61,17 @@ class _Probe:
         for frame in self.protocol.data_to_send():
             await self.ws.send(frame)
 
-    async def until_policy(self) -> None:
-        welcomed = False
+    async def until_policy(self) -> WelcomeMessage:
+        """Read until the welcome and the signed policy have come; returns the welcome."""
+        welcome: WelcomeMessage | None = None
         async for raw in self.ws:
             self.protocol.receive_text(str(raw))
             for event in self.protocol.events_received():
-                welcomed = welcomed or isinstance(event, WelcomeMessage)
-                if isinstance(event, PolicyUpdateMessage) and welcomed:
-                    return
+                if isinstance(event, WelcomeMessage):
+                    welcome = event
+                if isinstance(event, PolicyUpdateMessage) and welcome is not None:
+                    return welcome
+        raise AssertionError("the connection closed before the handshake completed")
 
     async def next_error(self) -> ErrorMessage:
         async for raw in self.ws:
@@ -114,3 +123,39 @@ async def test_a_connection_is_still_read_while_its_heartbeats_wait_for_the_writ
 
 async def _equals(value: Awaitable[float | None], expected: float) -> bool:
     return await value == expected
+
+
+async def test_the_welcome_names_the_inventory_on_file(cp: Running) -> None:
+    registered = await register_probe(cp.base_url, cp.admin_key, "inventory-1")
+    probe_id = registered["probe_id"]
+    url = cp.base_url.replace("http://", "ws://") + "/ws/probe"
+    headers = {"Authorization": f"Bearer {registered['credential']}"}
+    hello = HelloPayload(probe_id=probe_id, version="1.0.0", hostname="inventory-1")
+    inventory = InventoryPayload(
+        hostname="inventory-1", os="linux", os_version="12", kernel="6.1.0", arch="x86_64", cpus=2,
+        mem_total_bytes=2**30, packages=[PackageInfo(name="curl", version="8.0", manager="dpkg")],
+        collected_at=datetime.now(UTC),
+    )  # fmt: skip
+    with anyio.fail_after(30):
+        async with ws_client.connect(url, additional_headers=headers) as ws:
+            probe = _Probe(ws, registered)
+            probe.protocol.send_hello(hello)
+            await probe.flush()
+            assert (await probe.until_policy()).payload.inventory_digest is None  # nothing on file yet
+            probe.protocol.send_inventory(inventory)
+            await probe.flush()
+            await until(lambda: _has_inventory(cp, probe_id))
+        async with ws_client.connect(url, additional_headers=headers) as ws:
+            probe = _Probe(ws, registered)
+            probe.protocol.send_hello(hello)
+            await probe.flush()
+            welcome = await probe.until_policy()
+    assert welcome.payload.inventory_digest == inventory_digest(inventory)
+
+
+async def _has_inventory(cp: Running, probe_id: str) -> bool:
+    try:
+        await cp.app.services.fleet.get_inventory(probe_id)
+    except NotFound:
+        return False
+    return True
