@@ -174,20 +174,25 @@ class FleetStore:
             .execution_options(synchronize_session=False)
         )
 
-    async def heartbeat_targets(
+    async def presence_rows(
         self, session: AsyncSession, probe_ids: Sequence[str]
-    ) -> Sequence[Row[str, str, str, int | None, datetime]]:
-        """Lock and return ``(id, hostname, status, cpus, status_changed_at)`` of a heartbeat batch's probes.
+    ) -> list[Row[str, str, str, int | None, datetime]]:
+        """Lock and return ``(id, hostname, status, cpus, status_changed_at)`` of a batch of probes (heartbeats,
+        disconnections) that exist.
 
         Rows are locked in id order, so concurrent batches (other replicas) cannot deadlock.
         """
-        stmt = (
-            select(Probe.id, Probe.hostname, Probe.status, Probe.cpus, Probe.status_changed_at)
-            .where(Probe.id.in_(sorted(probe_ids)))
-            .order_by(Probe.id)
-            .with_for_update()
-        )
-        return (await session.execute(stmt)).all()
+        found: list[Row[str, str, str, int | None, datetime]] = []
+        unique = sorted(set(probe_ids))
+        for start in range(0, len(unique), 500):  # SQLite caps bound parameters per statement
+            stmt = (
+                select(Probe.id, Probe.hostname, Probe.status, Probe.cpus, Probe.status_changed_at)
+                .where(Probe.id.in_(unique[start : start + 500]))
+                .order_by(Probe.id)
+                .with_for_update()
+            )
+            found.extend((await session.execute(stmt)).all())
+        return found
 
     async def offline_before(self, session: AsyncSession, cutoff: datetime) -> Sequence[Probe]:
         stmt = (
