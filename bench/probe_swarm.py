@@ -17,6 +17,8 @@ Phases, each bounded in time:
    control plane has *committed* are counted in its database (each heartbeat carries a sequence number in
    ``uptime_s``), which gives the throughput it sustains; then the backlog drains;
 5. **storm**: every connection is aborted at once; time until all probes are back (``503`` answers honoured).
+   Like the agent, a simulated probe does not resend an inventory the welcome says is on file; with
+   ``--storm-inventory changed`` every host's inventory differs after the cut, so all of them are resent.
 
 Run with the project venv, e.g. ``.venv/bin/python bench/probe_swarm.py --probes 10000 --json out.json``.
 """
