@@ -31,8 +31,8 @@ print(applied, arena_heaps() - before)
 """
 
 
-def _measure(program: str, mode: str) -> tuple[str, int]:
-    """Run ``program`` in a fresh interpreter: whether the setting applied, and the figure it printed."""
+def _printed(program: str, mode: str) -> list[str]:
+    """Run ``program`` with ``mode`` in a fresh interpreter and return the words it printed."""
     result = subprocess.run(
         [sys.executable, "-c", program, mode],
         capture_output=True,
@@ -42,7 +42,12 @@ def _measure(program: str, mode: str) -> tuple[str, int]:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    applied, figure = result.stdout.split()
+    return result.stdout.split()
+
+
+def _measure(program: str, mode: str) -> tuple[str, int]:
+    """Whether the setting applied, and the figure ``program`` printed."""
+    applied, figure = _printed(program, mode)
     return applied, int(figure)
 
 
@@ -88,16 +93,8 @@ print(rss_kib() - before)
 
 
 def _growth_kib(mode: str) -> int:
-    result = subprocess.run(
-        [sys.executable, "-c", _STRING_CACHE_PROGRAM, mode],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout)
+    (growth,) = _printed(_STRING_CACHE_PROGRAM, mode)
+    return int(growth)
 
 
 def test_parsing_frames_keeps_no_strings_alive() -> None:
