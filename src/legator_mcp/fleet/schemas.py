@@ -397,6 +397,7 @@ class AuthenticatedProbe(BaseModel):
     probe: ProbeRead
     signing_generation: int = Field(description="the key generation the probe trusts now (see SigningIdentity)")
     key_rotation_pending: bool = Field(description="a rotation made while it was offline awaits delivery")
+    previous_key_generation: int | None = Field(default=None, description="the generation before the last rotation")
     inventory_digest: str | None = Field(default=None, description="digest of the inventory on file, if any")
 
 

@@ -233,6 +233,7 @@ class FleetService:
                 probe=self._read(probe),
                 signing_generation=self._signing_generation(probe),
                 key_rotation_pending=probe.key_rotation_pending,
+                previous_key_generation=probe.previous_key_generation,
                 inventory_digest=probe.inventory_digest,
             )
 
@@ -315,11 +316,14 @@ class FleetService:
             return probe.previous_key_generation
         return probe.key_generation
 
-    async def deliver_pending_key_rotation(self, *, probe_id: str) -> bool:
+    async def deliver_pending_key_rotation(self, *, probe_id: str, redeliver: bool = False) -> bool:
         """Push a key rotation made while the probe was offline; call it after the handshake.
 
+        With ``redeliver``, push the current generation even though it is recorded as delivered: the probe said in
+        its hello that it does not trust that key (the connection that carried the rotation dropped first).
+
         Returns:
-            Whether a rotation was pending and has now been delivered.
+            Whether a rotation was pending (or ``redeliver`` was asked) and has now been delivered.
 
         Raises:
             NotFound: If the probe does not exist.
@@ -327,7 +331,7 @@ class FleetService:
         """
         async with self._db.read() as session:
             probe = await self._require(session, probe_id)
-            if not probe.key_rotation_pending or self._link is None:
+            if not (probe.key_rotation_pending or redeliver) or self._link is None:
                 return False
             read, generation = self._read(probe), probe.key_generation
         await self._link.push_key_rotation(read, new_generation=generation, overlap_s=KEY_ROTATION_OVERLAP_S)
@@ -339,8 +343,13 @@ class FleetService:
                 type="probe.key_delivered",
                 actor=Principal.system("fleet"),
                 probe_id=probe_id,
-                summary=f"signing key generation {generation} delivered to {probe.hostname} on reconnect",
-                detail={"generation": generation, "key_id": self.keyring.key_id(probe_id, generation)},
+                summary=f"signing key generation {generation} {'re-' if redeliver else ''}delivered to "
+                f"{probe.hostname} on reconnect",
+                detail={
+                    "generation": generation,
+                    "key_id": self.keyring.key_id(probe_id, generation),
+                    "redelivered": redeliver,
+                },  # fmt: skip
                 session=session,
             )
         return True

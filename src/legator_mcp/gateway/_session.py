@@ -93,6 +93,8 @@ class ProbeSession:
         self.probe_id = probe.probe.id
         self._probe = probe.probe
         self._rotation_pending = probe.key_rotation_pending
+        self._previous_generation = probe.previous_key_generation
+        self._redeliver_key = False
         self._inventory_digest = probe.inventory_digest
         self.signing_generation = probe.signing_generation
         """The key generation the probe trusts: what the hub signs this connection's instructions with."""
@@ -356,6 +358,7 @@ class ProbeSession:
             self._close_reason = "hello for another probe"
             return
         services = self._services
+        self._choose_signing_key(hello.payload.trusted_key_ids)
         # The handshake completes from what authentication read: welcome, then the signed policy (every
         # (re)connection re-sends it, so a probe that missed an update converges). Neither waits for the
         # database's write queue, which a storm of inventories can make long.
@@ -376,10 +379,30 @@ class ProbeSession:
             self.end_handshake()
         await services.fleet.probe_connected(probe_id=self.probe_id, hello=hello.payload)
         self.registered = True
-        if self._rotation_pending:
-            # A key rotation made while the probe was offline (read again: it may have been delivered meanwhile).
-            self._rotation_pending = False
+        if self._rotation_pending or self._redeliver_key:
+            # A key rotation made while the probe was offline, or one it never received (read again: it may have
+            # been delivered meanwhile).
+            redeliver, self._rotation_pending, self._redeliver_key = self._redeliver_key, False, False
             try:
-                await services.fleet.deliver_pending_key_rotation(probe_id=self.probe_id)
+                await services.fleet.deliver_pending_key_rotation(probe_id=self.probe_id, redeliver=redeliver)
             except ProbeUnavailable:
                 logger.info("probe %s left before its new key could be sent", self.probe_id)
+
+    def _choose_signing_key(self, trusted: list[str] | None) -> None:
+        """Sign with a key the probe trusts. A rotation is recorded as delivered once it was queued on a
+        connection; if that connection dropped before the probe applied it, the probe still trusts only the key
+        before, so sign with that one and send the rotation again (instead of every instruction being refused)."""
+        if trusted is None:
+            return
+        keyring = self._services.fleet.keyring
+        if keyring.key_id(self.probe_id, self.signing_generation) in trusted:
+            return
+        previous = self._previous_generation
+        if previous is not None and keyring.key_id(self.probe_id, previous) in trusted:
+            logger.warning(
+                "probe %s never received key generation %d; signing with %d and sending the rotation again",
+                self.probe_id, self.signing_generation, previous,
+            )  # fmt: skip
+            self.signing_generation, self._redeliver_key = previous, True
+        else:
+            logger.warning("probe %s trusts none of its current signing keys; it must re-register", self.probe_id)

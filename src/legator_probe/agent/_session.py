@@ -123,8 +123,9 @@ class Session:
         config = daemon.state.config
         started = daemon.clock()
         hello = HelloPayload(
-            probe_id=config.probe_id, version=__version__, hostname=daemon.hostname, capabilities=daemon.capabilities()
-        )
+            probe_id=config.probe_id, version=__version__, hostname=daemon.hostname, capabilities=daemon.capabilities(),
+            trusted_key_ids=[key.key_id for key in daemon.state.verifier.keys][:8],
+        )  # fmt: skip
         async with anyio.create_task_group() as task_group:
 
             async def read() -> None:

@@ -97,6 +97,11 @@ class HelloPayload(WireModel):
     hostname: _Name
     capabilities: list[Annotated[str, Field(max_length=64)]] = []
     protocol_version: Annotated[int, Field(ge=1)] = PROTOCOL_VERSION
+    trusted_key_ids: Annotated[list[Annotated[str, Field(max_length=128)]], Field(max_length=8)] | None = Field(
+        default=None,
+        description="ids of the signing keys the probe trusts now: the gateway signs with one of them, and re-sends "
+        "a key rotation the probe did not receive",
+    )
 
 
 class WelcomePayload(WireModel):

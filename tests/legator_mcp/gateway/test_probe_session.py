@@ -9,7 +9,7 @@
 
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import pytest
@@ -18,13 +18,16 @@ from tests.support.app import Running, serve
 from tests.support.probes import register_probe
 from tests.support.waiting import until
 
+from legator_mcp.audit.schemas import AuditQuery
 from legator_mcp.errors import NotFound
+from legator_mcp.principal import Principal
 from legator_mcp.settings import Settings
 from legator_probe.protocol import (
     ErrorMessage,
     HeartbeatPayload,
     HelloPayload,
     InventoryPayload,
+    KeyRotationMessage,
     PackageInfo,
     PolicyUpdateMessage,
     ProbeProtocol,
@@ -37,6 +40,8 @@ from legator_probe.protocol import (
 )
 
 pytestmark = pytest.mark.anyio
+
+E = TypeVar("E")
 
 
 @pytest.fixture
@@ -73,13 +78,14 @@ class _Probe:
                     return welcome
         raise AssertionError("the connection closed before the handshake completed")
 
-    async def next_error(self) -> ErrorMessage:
+    async def next_event(self, kind: type[E]) -> E:
+        """Read until an event of ``kind`` comes (a signed one only once its signature checked out)."""
         async for raw in self.ws:
             self.protocol.receive_text(str(raw))
             for event in self.protocol.events_received():
-                if isinstance(event, ErrorMessage):
+                if isinstance(event, kind):
                     return event
-        raise AssertionError("the connection closed before an error came")
+        raise AssertionError(f"the connection closed before a {kind.__name__} came")
 
 
 def _heartbeat(uptime_s: float) -> HeartbeatPayload:
@@ -110,7 +116,7 @@ async def test_a_connection_is_still_read_while_its_heartbeats_wait_for_the_writ
                 await probe.flush()
                 await ws.send("{not json")
                 with anyio.fail_after(5):
-                    error = await probe.next_error()
+                    error = await probe.next_event(ErrorMessage)
                 assert error.payload.code == "malformed_message"
 
             # Released: the heartbeats are written, and the last one is what the probe's health shows.
@@ -159,3 +165,30 @@ async def _has_inventory(cp: Running, probe_id: str) -> bool:
     except NotFound:
         return False
     return True
+
+
+async def test_a_key_rotation_lost_with_its_connection_is_signed_for_and_sent_again(cp: Running) -> None:
+    registered = await register_probe(cp.base_url, cp.admin_key, "rotation-1")
+    probe_id, old_key = registered["probe_id"], registered["signing_key"]["key_id"]
+    url = cp.base_url.replace("http://", "ws://") + "/ws/probe"
+    headers = {"Authorization": f"Bearer {registered['credential']}"}
+    hello = HelloPayload(probe_id=probe_id, version="1.0.0", hostname="rotation-1", trusted_key_ids=[old_key])
+    services = cp.app.services
+    with anyio.fail_after(30):
+        async with ws_client.connect(url, additional_headers=headers) as ws:
+            probe = _Probe(ws, registered)
+            probe.protocol.send_hello(hello)
+            await probe.flush()
+            await probe.until_policy()
+            rotated = await services.fleet.rotate_key(actor=Principal.system("tests"), probe_id=probe_id)
+            assert rotated.delivery == "pushed"
+            # The rotation was queued on this connection, which drops before the probe applies it.
+        async with ws_client.connect(url, additional_headers=headers) as ws:
+            probe = _Probe(ws, registered)  # still trusts only the old key, and says so
+            probe.protocol.send_hello(hello)
+            await probe.flush()
+            await probe.until_policy()  # signed with the key it trusts, so it verifies
+            rotation = await probe.next_event(KeyRotationMessage)
+    assert rotation.payload.new_key_id == rotated.key_id
+    delivered = (await services.audit.search(AuditQuery(type="probe.key_delivered"))).events
+    assert [(e.probe_id, (e.detail or {}).get("redelivered")) for e in delivered] == [(probe_id, True)]

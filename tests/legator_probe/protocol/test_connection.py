@@ -166,7 +166,7 @@ def test_agent_sends_hello_as_its_first_frame() -> None:
     message = agent.send_hello(HELLO_PAYLOAD)
     assert agent.data_to_send() == [
         '{"id":"id-1","ts":"2026-03-01T12:00:00Z","type":"hello","payload":{"probe_id":"prb-1","version":"0.1.0",'
-        '"hostname":"web-1","capabilities":["shell"],"protocol_version":1}}'
+        '"hostname":"web-1","capabilities":["shell"],"protocol_version":1,"trusted_key_ids":null}}'
     ]
     assert message.id == "id-1"
     assert agent.hello == HELLO_PAYLOAD
