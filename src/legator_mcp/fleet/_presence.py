@@ -236,7 +236,7 @@ class Presence:
     async def _write_inventories(self, items: dict[str, tuple[InventoryReport, datetime]]) -> dict[str, bool]:
         # Three statements per batch whatever its size; whoever reads an inventory reads it from the database.
         async with self._db.write() as session:
-            found = await self._store.lock_probe_ids(session, list(items))
+            found = [row[0] for row in await self._store.presence_rows(session, list(items))]
             inventories: list[dict[str, Any]] = []
             probes: list[dict[str, Any]] = []
             for probe_id in found:

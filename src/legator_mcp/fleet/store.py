@@ -1,6 +1,6 @@
 """Queries of the fleet domain; callers pass the session of their transaction."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +14,16 @@ from legator_mcp.fleet.models import Probe, ProbeInventory, ProbeTag, Registrati
 __all__ = ["FleetStore"]
 
 LIVE_STATUSES = ("online", "degraded")
+
+_IN_LIST_CAP = 500
+"""Ids per ``IN (...)`` list: SQLite caps the bound parameters of one statement."""
+
+
+def _id_chunks(probe_ids: Iterable[str]) -> Iterator[list[str]]:
+    """The distinct ids in sorted order (rows locked in id order cannot deadlock), in lists of at most the cap."""
+    unique = sorted(set(probe_ids))
+    for start in range(0, len(unique), _IN_LIST_CAP):
+        yield unique[start : start + _IN_LIST_CAP]
 
 
 class FleetStore:
@@ -70,9 +80,8 @@ class FleetStore:
     ) -> dict[str, Probe]:
         """The probes of ``probe_ids`` that exist; with ``for_update`` locked in id order (no deadlocks)."""
         found: dict[str, Probe] = {}
-        unique = sorted(set(probe_ids))
-        for start in range(0, len(unique), 500):  # SQLite caps bound parameters per statement
-            stmt = select(Probe).where(Probe.id.in_(unique[start : start + 500])).order_by(Probe.id)
+        for chunk in _id_chunks(probe_ids):
+            stmt = select(Probe).where(Probe.id.in_(chunk)).order_by(Probe.id)
             if for_update:
                 stmt = stmt.with_for_update()
             found.update((probe.id, probe) for probe in (await session.execute(stmt)).scalars())
@@ -178,16 +187,15 @@ class FleetStore:
         self, session: AsyncSession, probe_ids: Sequence[str]
     ) -> list[Row[str, str, str, int | None, datetime]]:
         """Lock and return ``(id, hostname, status, cpus, status_changed_at)`` of a batch of probes (heartbeats,
-        disconnections) that exist.
+        disconnections, inventories) that exist.
 
         Rows are locked in id order, so concurrent batches (other replicas) cannot deadlock.
         """
         found: list[Row[str, str, str, int | None, datetime]] = []
-        unique = sorted(set(probe_ids))
-        for start in range(0, len(unique), 500):  # SQLite caps bound parameters per statement
+        for chunk in _id_chunks(probe_ids):
             stmt = (
                 select(Probe.id, Probe.hostname, Probe.status, Probe.cpus, Probe.status_changed_at)
-                .where(Probe.id.in_(unique[start : start + 500]))
+                .where(Probe.id.in_(chunk))
                 .order_by(Probe.id)
                 .with_for_update()
             )
@@ -210,24 +218,13 @@ class FleetStore:
 
     async def replace_inventories(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
         """Make each row (``probe_id``, ``data``, ``collected_at``, ``received_at``) its probe's one inventory."""
-        probe_ids = [row["probe_id"] for row in rows]
-        for start in range(0, len(probe_ids), 500):  # SQLite caps bound parameters per statement
-            chunk = probe_ids[start : start + 500]
+        for chunk in _id_chunks(row["probe_id"] for row in rows):
             await session.execute(delete(ProbeInventory).where(ProbeInventory.probe_id.in_(chunk)))
         await insert_rows(session, ProbeInventory, rows)
 
     async def update_probes(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
         """Set columns of many probes, one executemany per set of columns (each dict carries ``id``)."""
         await update_rows(session, Probe, rows, key="id")
-
-    async def lock_probe_ids(self, session: AsyncSession, probe_ids: Sequence[str]) -> list[str]:
-        """Those of ``probe_ids`` that exist, locked for update in id order (no deadlocks)."""
-        found: list[str] = []
-        unique = sorted(set(probe_ids))
-        for start in range(0, len(unique), 500):
-            stmt = select(Probe.id).where(Probe.id.in_(unique[start : start + 500])).order_by(Probe.id)
-            found.extend((await session.execute(stmt.with_for_update())).scalars())
-        return found
 
     async def count_with_policy(self, session: AsyncSession, policy_id: str) -> int:
         statement = select(func.count()).select_from(Probe).where(Probe.policy_id == policy_id)

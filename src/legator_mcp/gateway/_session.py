@@ -265,8 +265,7 @@ class ProbeSession:
                 try:
                     await self._handle(events)
                 except NotFound:
-                    # The probe was deleted while connected: its credential is gone, so is the connection.
-                    await self.close(code=CLOSE_PROBE_DELETED, reason="probe deleted")
+                    await self._probe_deleted()
                     return
                 finally:
                     self._handling = False
@@ -343,13 +342,16 @@ class ProbeSession:
         try:
             await write()
         except NotFound:
-            # The probe was deleted while connected: its credential is gone, so is the connection.
-            await self.close(code=CLOSE_PROBE_DELETED, reason="probe deleted")
+            await self._probe_deleted()
         except LegatorError as exc:
             logger.warning("a report of probe %s was not recorded: %s", self.probe_id, exc.message)
         finally:
             if counted:
                 self._pending_reports -= 1
+
+    async def _probe_deleted(self) -> None:
+        # The probe was deleted while connected: its credential is gone, so is the connection.
+        await self.close(code=CLOSE_PROBE_DELETED, reason="probe deleted")
 
     async def _on_hello(self, hello: HelloMessage) -> None:
         if hello.payload.probe_id != self.probe_id:
