@@ -11,7 +11,9 @@
    Python that only imports the agent's modules (what the code alone costs), both started by this script with
    the same interpreter;
 5. if ``salt-minion`` is on ``PATH``, the same for a masterless-configured minion; otherwise it says so;
-6. unless ``--no-import-breakdown``, the RSS of fresh interpreters that import one dependency each.
+6. unless ``--no-import-breakdown``, an import budget: one fresh interpreter imports what the agent imports, layer by
+   layer (stdlib, pydantic, the wire protocol, anyio, websockets, the agent), and its RSS after each layer says
+   what that layer adds on top of the ones before.
 
 Before starting, ``legator_probe``'s bytecode is compiled into ``__pycache__`` (``--no-compile`` skips it), as
 ``pip install`` does for a wheel: a source tree run with ``PYTHONDONTWRITEBYTECODE=1`` otherwise compiles every
@@ -126,37 +128,57 @@ id: bench-minion
 """
 
 
-IMPORT_STEPS = (
-    "pydantic",
-    "pydantic_settings",
-    "cryptography.hazmat.primitives.asymmetric.ed25519",
-    "anyio",
-    "websockets.asyncio.client",
-    "legator_probe.protocol",
-    "legator_probe.agent.executor",
-    "legator_probe.agent.daemon",
-    "legator_probe.agent.cli",
+IMPORT_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("stdlib the agent needs", ("asyncio", "ssl", "logging", "json", "argparse", "subprocess")),
+    ("pydantic (import only)", ("pydantic", "pydantic.main")),
+    ("pydantic's plugin loader (importlib.metadata)", ("pydantic.plugin._loader",)),
+    ("hmac, hashlib, ctypes (Ed25519 in libcrypto)", ("hmac", "hashlib", "ctypes")),
+    ("wire protocol: pydantic models, signing", ("legator_probe.protocol",)),
+    ("anyio + asyncio backend", ("anyio", "anyio.to_thread", "anyio._backends._asyncio")),
+    ("websockets asyncio client", ("websockets.asyncio.client",)),
+    (
+        "agent code + CLI",
+        (
+            "legator_probe.agent.cli",
+            "legator_probe.agent.daemon",
+            "legator_probe.agent.inventory",
+            *(f"legator_probe.agent.commands.{name}" for name in ("files", "kubectl", "process", "shell", "systemd")),
+        ),
+    ),
 )
-"""Modules whose import cost (RSS of a fresh interpreter that imported only that one) is reported."""
+"""What the agent imports, in layers: each one's cost is measured on top of the ones before it, in one fresh
+interpreter, so the rows add up to what the agent's code costs before it runs (shared modules counted once)."""
 
 
-_NOTHING = "(nothing)"
+_BUDGET = """\
+import gc, importlib, json, sys
+def rss():
+    with open('/proc/self/status', encoding='ascii') as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith('VmRSS:'))
+out = [["interpreter running this script", rss()]]
+for label, modules in json.loads(sys.argv[1]):
+    for module in modules:
+        importlib.import_module(module)
+    gc.collect()
+    out.append([label, rss()])
+print(json.dumps(out))
+"""
 
-_PRINT_RSS = (
-    "import os\n"
-    "with open(f'/proc/{os.getpid()}/status', encoding='ascii') as fh:\n"
-    "    print(next(line.split()[1] for line in fh if line.startswith('VmRSS:')))\n"
-)
 
-
-def import_costs() -> dict[str, float | None]:
-    """RSS in MiB of ``python -c 'import <module>'`` for each of :data:`IMPORT_STEPS` (and of nothing)."""
-    out: dict[str, float | None] = {}
-    for module in (_NOTHING, *IMPORT_STEPS):
-        code = ("" if module == _NOTHING else f"import {module}\n") + _PRINT_RSS
-        done = subprocess.run([str(VENV_BIN / "python"), "-c", code], capture_output=True, text=True,
-                              encoding="utf-8", timeout=60, check=False)  # fmt: skip
-        out[module] = round(int(done.stdout.strip()) / 1024, 1) if done.returncode == 0 else None
+def import_budget() -> list[dict[str, object]]:
+    """RSS of one fresh interpreter after each of :data:`IMPORT_LAYERS`: ``{"layer", "adds_mib", "total_mib"}``."""
+    done = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", _BUDGET, json.dumps(IMPORT_LAYERS)],
+        capture_output=True, text=True, encoding="utf-8", timeout=60, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise BenchError(f"the import budget failed: {done.stderr.strip()[-500:]}")
+    steps = cast(list[tuple[str, int]], json.loads(done.stdout))
+    out: list[dict[str, object]] = []
+    previous = 0
+    for label, kib in steps:
+        out.append({"layer": label, "adds_mib": round((kib - previous) / 1024, 1), "total_mib": round(kib / 1024, 1)})
+        previous = kib
     return out
 
 
@@ -263,7 +285,7 @@ def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
             ratios[f"probe/{name}"] = round(probe_median / base["median"], 2) if base and probe_median else None
         results["ratios"] = ratios
         if args.import_breakdown:
-            results["import_rss_mib"] = import_costs()
+            results["import_budget"] = import_budget()
     finally:
         _stop(probe)
         for proc in baselines.values():
@@ -290,7 +312,7 @@ def report(results: dict[str, Any]) -> None:
     probe: dict[str, Any] = results.get("probe") or {}
     salt: dict[str, Any] = results.get("salt_minion") or {}
     ratios: dict[str, float | None] = results.get("ratios") or {}
-    imports: dict[str, float | None] = results.get("import_rss_mib") or {}
+    budget: list[dict[str, object]] = results.get("import_budget") or []
 
     def fmt(name: str) -> str:
         s = rss.get(name)
@@ -310,12 +332,7 @@ def report(results: dict[str, Any]) -> None:
         ("legator_probe bytecode precompiled", results.get("bytecode_precompiled")),
     ]
     rows += [(f"ratio {name}", ratio) for name, ratio in ratios.items()]
-    nothing = imports.get(_NOTHING)
-    for module, value in imports.items():
-        extra = (
-            f"  (+{value - nothing:.1f})" if value is not None and nothing is not None and module != _NOTHING else ""
-        )
-        rows.append((f"RSS after only `import {module}`", f"{value} MiB{extra}"))
+    rows += [(f"import budget: {step['layer']}", f"+{step['adds_mib']} = {step['total_mib']} MiB") for step in budget]
     print_table("probe memory (idle, after first inventory)", rows)
 
 
@@ -331,7 +348,7 @@ def main() -> None:
         "--no-import-breakdown",
         dest="import_breakdown",
         action="store_false",
-        help="skip measuring what importing each of the agent's dependencies costs",
+        help="skip the layer-by-layer import budget",
     )
     parser.add_argument(
         "--no-compile",
