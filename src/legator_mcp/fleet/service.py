@@ -354,6 +354,38 @@ class FleetService:
             )
         return True
 
+    async def record_untrusted_keys(self, *, probe_id: str, generation: int, trusted_key_ids: list[str]) -> None:
+        """Audit and publish that a probe trusts none of its signing keys: its hello listed neither the key of
+        ``generation`` nor the one before, so it will refuse every signed instruction (policy, commands, key
+        rotations) until it is re-registered. Heartbeats and inventories still arrive.
+
+        Raises:
+            NotFound: If the probe does not exist.
+        """
+        expected = [self.keyring.key_id(probe_id, generation)]
+        async with self._db.write() as session:
+            probe = await self._require(session, probe_id)
+            if probe.previous_key_generation is not None:
+                expected.append(self.keyring.key_id(probe_id, probe.previous_key_generation))
+            summary = (
+                f"probe {probe.hostname} trusts none of its signing keys and will refuse every instruction; "
+                "re-register it ('legator-probe init --force')"
+            )
+            detail: dict[str, object] = {
+                "generation": generation,
+                "expected_key_ids": expected,
+                "trusted_key_ids": trusted_key_ids,
+            }
+            await self._audit.record(
+                type="probe.keys_untrusted",
+                actor=Principal.system("fleet"),
+                probe_id=probe_id,
+                summary=summary,
+                detail=detail,
+                session=session,
+            )
+        self._events.publish("probe.keys_untrusted", summary=summary, probe_id=probe_id, detail=detail)
+
     # -- reads ------------------------------------------------------------------------------------------------
 
     async def get_probe(self, probe_id: str) -> ProbeRead:

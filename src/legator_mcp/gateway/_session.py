@@ -95,6 +95,7 @@ class ProbeSession:
         self._rotation_pending = probe.key_rotation_pending
         self._previous_generation = probe.previous_key_generation
         self._redeliver_key = False
+        self._untrusted_key_ids: list[str] | None = None
         self._inventory_digest = probe.inventory_digest
         self.signing_generation = probe.signing_generation
         """The key generation the probe trusts: what the hub signs this connection's instructions with."""
@@ -381,6 +382,10 @@ class ProbeSession:
             self.end_handshake()
         await services.fleet.probe_connected(probe_id=self.probe_id, hello=hello.payload)
         self.registered = True
+        if self._untrusted_key_ids is not None:
+            await services.fleet.record_untrusted_keys(
+                probe_id=self.probe_id, generation=self.signing_generation, trusted_key_ids=self._untrusted_key_ids
+            )
         if self._rotation_pending or self._redeliver_key:
             # A key rotation made while the probe was offline, or one it never received (read again: it may have
             # been delivered meanwhile).
@@ -408,3 +413,4 @@ class ProbeSession:
             self.signing_generation, self._redeliver_key = previous, True
         else:
             logger.warning("probe %s trusts none of its current signing keys; it must re-register", self.probe_id)
+            self._untrusted_key_ids = trusted

@@ -192,3 +192,35 @@ async def test_a_key_rotation_lost_with_its_connection_is_signed_for_and_sent_ag
     assert rotation.payload.new_key_id == rotated.key_id
     delivered = (await services.audit.search(AuditQuery(type="probe.key_delivered"))).events
     assert [(e.probe_id, (e.detail or {}).get("redelivered")) for e in delivered] == [(probe_id, True)]
+
+
+async def test_a_probe_trusting_none_of_its_keys_is_audited_and_published(cp: Running) -> None:
+    registered = await register_probe(cp.base_url, cp.admin_key, "untrusting-1")
+    probe_id, key_id = registered["probe_id"], registered["signing_key"]["key_id"]
+    url = cp.base_url.replace("http://", "ws://") + "/ws/probe"
+    headers = {"Authorization": f"Bearer {registered['credential']}"}
+    services = cp.app.services
+    with anyio.fail_after(30):
+        async with services.events.subscribe("probe.keys_untrusted") as untrusted:
+            # A probe from before trusted_key_ids (None) says nothing either way: not reported.
+            async with ws_client.connect(url, additional_headers=headers) as ws:
+                probe = _Probe(ws, registered)
+                probe.protocol.send_hello(HelloPayload(probe_id=probe_id, version="1.0.0", hostname="untrusting-1"))
+                await probe.flush()
+                await probe.until_policy()
+            assert await untrusted.next(timeout=0.5) is None
+            # One that lists only keys the control plane never gave it (an old config restored) is.
+            async with ws_client.connect(url, additional_headers=headers) as ws:
+                probe = _Probe(ws, registered)
+                hello = HelloPayload(
+                    probe_id=probe_id, version="1.0.0", hostname="untrusting-1", trusted_key_ids=["g7-0123abcd"]
+                )
+                probe.protocol.send_hello(hello)
+                await probe.flush()
+                event = await untrusted.next(timeout=20)
+                await probe.until_policy()  # still connected, still sent its policy (which it would refuse)
+    assert event is not None and event.probe_id == probe_id
+    assert event.detail == {"generation": 1, "expected_key_ids": [key_id], "trusted_key_ids": ["g7-0123abcd"]}
+    audited = (await services.audit.search(AuditQuery(type="probe.keys_untrusted"))).events
+    assert [(e.probe_id, e.detail) for e in audited] == [(probe_id, event.detail)]
+    assert "re-register" in audited[0].summary
