@@ -4,8 +4,10 @@ glibc's ``free`` returns memory to the system only from the top of a heap. After
 freed stays in the process wherever longer-lived allocations sit above it: 10,000 probes connecting at once each
 send a ~50 KB inventory, and the control plane holding those 10,000 connections measured 1,401 MiB resident
 afterwards, 871 MiB after one ``malloc_trim(0)`` (``bench/probe_swarm.py``, docs/performance.md). A serving
-process therefore trims its heap every ten seconds: the call walks the free lists and releases whole free
-pages, about a millisecond when there is nothing to give back, and runs in a worker thread.
+process therefore trims its heap once a minute: the call walks the free lists and releases whole free pages, in a
+worker thread, but holds the allocator's lock meanwhile (about 0.3 s for a fragmented 800 MiB heap) and the pages
+it gives back are faulted in again when reused: trimming every 10 s slowed the 10,000-probe bench's connections
+(docs/performance.md, 2026-12-07).
 """
 
 import ctypes
@@ -21,9 +23,9 @@ __all__ = ["TRIM_INTERVAL_S", "release_free_heap", "trim_heap"]
 
 logger = logging.getLogger("legator.memory")
 
-TRIM_INTERVAL_S = 10.0
-"""How often a serving process trims its heap (every 60 s left the 10,000-probe bench's hold phase at 1,367 MiB
-until the first trim; every 10 s it held at 852 MiB)."""
+TRIM_INTERVAL_S = 60.0
+"""How often a serving process trims its heap (every 10 s held 10,000 probes at about the same resident size as
+every 60 s, and connected them slower: docs/performance.md)."""
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
