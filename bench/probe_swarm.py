@@ -310,6 +310,7 @@ class Stats:
     heartbeats_sent: int = 0
     inventories_sent: int = 0
     inventories_skipped: int = 0
+    inventories_delayed: int = 0
     closed: int = 0
     crashed: int = 0
     commands_answered: int = 0
@@ -324,6 +325,7 @@ class Stats:
             "violations": self.violations,
             "backoff_messages": self.backoff_messages, "heartbeats_sent": self.heartbeats_sent,
             "inventories_sent": self.inventories_sent, "inventories_skipped": self.inventories_skipped,
+            "inventories_delayed": self.inventories_delayed,
             "closed": self.closed, "crashed": self.crashed,
             "commands_answered": self.commands_answered, "commands_refused": self.commands_refused,
         }  # fmt: skip
@@ -524,6 +526,7 @@ class SimProbe:
         self.ws = ws
         welcomed = False
         hb_task: asyncio.Task[None] | None = None
+        inventory_task: asyncio.Task[None] | None = None
         retry_after: float | None = None
 
         def handshake_timeout() -> None:
@@ -551,8 +554,8 @@ class SimProbe:
                             # Like the agent: the control plane has this inventory already.
                             swarm.stats.inventories_skipped += 1
                         else:
-                            protocol.send_inventory(inventory)
-                            swarm.stats.inventories_sent += 1
+                            delay = 0.0 if swarm.args.ignore_inventory_delay else event.payload.inventory_delay_s or 0.0
+                            inventory_task = asyncio.create_task(self._send_inventory(ws, protocol, inventory, delay))
                         hb_task = asyncio.create_task(self._heartbeats(ws, protocol))
                     elif isinstance(event, PolicyUpdateMessage):
                         swarm.stats.policies_verified += 1
@@ -585,10 +588,11 @@ class SimProbe:
             self._set_ready(False)
             self.ws = None
             swarm.stats.closed += 1
-            if hb_task is not None:
-                hb_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await hb_task
+            for task in (hb_task, inventory_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
             ws.transport.abort()
         lived = time.monotonic() - started
         if not welcomed:
@@ -596,6 +600,17 @@ class SimProbe:
         if retry_after is not None:
             return Attempt("retry_after", lived_s=lived, retry_after_s=retry_after)
         return Attempt("closed", lived_s=lived)
+
+    async def _send_inventory(
+        self, ws: ClientConnection, protocol: ProbeProtocol, inventory: InventoryPayload, delay: float
+    ) -> None:
+        # Like the agent: wait for the slot the welcome gave (``--ignore-inventory-delay``: like an older agent).
+        if delay > 0:
+            self.swarm.stats.inventories_delayed += 1
+            await asyncio.sleep(delay)
+        protocol.send_inventory(inventory)
+        self.swarm.stats.inventories_sent += 1
+        await _flush(ws, protocol)
 
     def _answer(self, protocol: ProbeProtocol, command: CommandPayload) -> None:
         """Answer a ``command`` (its signature already verified by the protocol) without running anything.
@@ -1094,8 +1109,9 @@ def report(results: dict[str, Any]) -> None:
         ("storm 503s / dials", f"{(g('storm.counters.http_status') or {}).get(503, 0)} / {g('storm.counters.dials')}"),
         ("storm server CPU (cores)", g("storm.server_cpu_cores")),
         (
-            "storm inventories sent / skipped",
-            f"{g('storm.counters.inventories_sent')} / {g('storm.counters.inventories_skipped')}",
+            "storm inventories sent / skipped / waited for a slot",
+            f"{g('storm.counters.inventories_sent')} / {g('storm.counters.inventories_skipped')}"
+            f" / {g('storm.counters.inventories_delayed')}",
         ),
         ("server RSS during storm", med_mib("rss_summary.server_storm")),
         ("fleet view at end", g("fleet_end")),
@@ -1125,6 +1141,12 @@ def main() -> None:
         default="unchanged",
         help="in the storm, hosts whose inventory did not change (default: the agent does not resend it, the"
         " welcome names the stored one) or changed on every host (each probe resends it: the worst case)",
+    )
+    parser.add_argument(
+        "--ignore-inventory-delay",
+        action="store_true",
+        help="send each inventory at once, ignoring the slot the welcome gives (what agents before the"
+        " welcome's inventory_delay_s do)",
     )
     parser.add_argument(
         "--connect-rate",

@@ -80,7 +80,8 @@ def build_services(settings: Settings) -> AppContext:
     hub = Hub(
         commands=commands, keyring=keyring, admit_per_second=settings.probe_admit_per_second,
         admit_burst=settings.probe_admit_burst, max_handshakes=settings.probe_max_handshakes,
-        handshake_queue_s=settings.probe_handshake_queue_s,
+        handshake_queue_s=settings.probe_handshake_queue_s, inventory_per_second=settings.probe_inventory_per_second,
+        inventory_max_delay_s=settings.probe_inventory_max_delay_s,
     )  # fmt: skip
     fleet.attach_link(hub)
     policy.attach_hub(hub)

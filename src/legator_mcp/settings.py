@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     probe_handshake_queue_s: float = Field(
         default=10.0, gt=0, le=25, description="How long a probe queues for a handshake slot before a 503."
     )
+    probe_inventory_per_second: float = Field(
+        default=50.0, gt=0, description="Connect-time inventories paced to this rate (probes told to wait a slot)."
+    )
+    probe_inventory_max_delay_s: float = Field(
+        default=600.0, ge=0, le=3600, description="The longest a probe is told to wait before its inventory."
+    )
     jobs_retry_max_attempts: int = Field(default=1, ge=1, le=100, description="Attempts of a job run by default.")
     jobs_retry_initial_backoff: float = Field(default=5.0, gt=0, description="Seconds before a run's 2nd attempt.")
     jobs_retry_multiplier: float = Field(default=2.0, ge=1, le=100, description="Backoff growth per attempt.")

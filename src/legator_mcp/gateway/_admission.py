@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import anyio
 
-__all__ = ["Admission"]
+__all__ = ["Admission", "InventoryPacer"]
 
 MAX_RETRY_AFTER_S = 120
 """The longest delay a refused probe is told to wait."""
@@ -87,3 +87,26 @@ class Admission:
         pace = max(len(self._finished) / _RATE_WINDOW_S, 1.0)
         span = min(max(self._waiting / pace, 2.0), MAX_RETRY_AFTER_S)
         return self._rng.uniform(1.0, span)
+
+
+class InventoryPacer:
+    """Slots for connect-time inventories, so that a reconnect storm's inventories arrive at a bounded rate.
+
+    Each ``welcome`` tells the probe how long to wait before it collects and sends its inventory: the next free
+    slot, one every ``1 / per_second`` seconds, at most ``max_delay_s`` away. A probe connecting alone is told 0.
+    In a storm the handshakes then do not queue behind the parsing of every probe's inventory (about 50 KB of JSON
+    each), and the inventories wait on their hosts, not yet collected, instead of in this process.
+    """
+
+    def __init__(self, *, per_second: float, max_delay_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = 1.0 / per_second
+        self._max_delay_s = max_delay_s
+        self._clock = clock
+        self._next = clock()
+
+    def delay(self) -> float:
+        """Take the next slot: the seconds until it (0 when the pacer is idle)."""
+        now = self._clock()
+        slot = min(max(self._next, now), now + self._max_delay_s)
+        self._next = slot + self._interval
+        return slot - now

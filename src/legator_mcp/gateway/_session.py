@@ -371,6 +371,7 @@ class ProbeSession:
                 server_time=utcnow(),
                 policy_level=self._probe.policy_level,
                 inventory_digest=self._inventory_digest,
+                inventory_delay_s=services.hub.inventory_delay(),
             )
         )
         self._flush()

@@ -21,7 +21,7 @@ from legator_mcp.db.base import utcnow
 from legator_mcp.errors import LegatorError, ProbeUnavailable
 from legator_mcp.fleet.keys import KeyRing
 from legator_mcp.fleet.schemas import ProbeRead
-from legator_mcp.gateway._admission import Admission
+from legator_mcp.gateway._admission import Admission, InventoryPacer
 from legator_mcp.policy.schemas import ProbeRules
 from legator_probe.protocol import (
     CancelMessage,
@@ -88,6 +88,8 @@ class Hub:
         admit_burst: int = 500,
         max_handshakes: int = 64,
         handshake_queue_s: float = 10.0,
+        inventory_per_second: float = 50.0,
+        inventory_max_delay_s: float = 600.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._commands = commands
@@ -100,6 +102,7 @@ class Hub:
             per_second=admit_per_second, burst=admit_burst, max_handshakes=max_handshakes,
             queue_wait_s=handshake_queue_s,
         )  # fmt: skip
+        self._inventories = InventoryPacer(per_second=inventory_per_second, max_delay_s=inventory_max_delay_s)
 
     # -- connections ------------------------------------------------------------------------------------------
 
@@ -121,6 +124,10 @@ class Hub:
         if wait > 0:
             self._admission.release_slot()
         return wait
+
+    def inventory_delay(self) -> float:
+        """How long a probe completing its handshake now waits before sending its connect-time inventory."""
+        return round(self._inventories.delay(), 3)
 
     def handshake_finished(self) -> None:
         """An admitted connection completed (or abandoned) its handshake: its slot goes to the next in line."""

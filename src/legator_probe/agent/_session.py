@@ -183,10 +183,16 @@ class Session:
 
     async def _inventories(self) -> None:
         # The welcome names the inventory the control plane has on file: an unchanged host does not resend it on
-        # connecting, so a control-plane restart does not bring every probe's inventory at once. The periodic
-        # ones are always sent (they refresh what the digest leaves out, such as disk usage).
-        on_file = self.welcome.payload.inventory_digest if self.welcome is not None else None
+        # connecting, so a control-plane restart does not bring every probe's inventory at once. It also gives
+        # this connection a slot for its inventory (later ones during a reconnect storm), waited for before
+        # collecting. The periodic ones are always sent (they refresh what the digest leaves out, such as disk
+        # usage).
+        welcome = self.welcome.payload if self.welcome is not None else None
+        on_file = welcome.inventory_digest if welcome is not None else None
         try:
+            if welcome is not None and welcome.inventory_delay_s:
+                logger.info("inventory in %.1f s, the slot the control plane gave", welcome.inventory_delay_s)
+                await anyio.sleep(welcome.inventory_delay_s)
             while True:
                 await self._send_inventory(unless_digest=on_file)
                 on_file = None

@@ -119,6 +119,11 @@ class WelcomePayload(WireModel):
         description="inventory_digest() of the inventory the control plane has on file for this probe, if any: "
         "an agent whose inventory has the same digest need not send it on connecting",
     )
+    inventory_delay_s: Annotated[float, Field(ge=0, le=3600)] | None = Field(
+        default=None,
+        description="seconds the agent waits before collecting and sending its connect-time inventory: during a "
+        "reconnect storm the gateway gives each connection a later slot, so inventories arrive at a pace it keeps",
+    )
 
 
 # --- telemetry --------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from tests.support.probes import register_probe
 from tests.support.waiting import until
 from websockets.exceptions import InvalidStatus
 
-from legator_mcp.gateway._admission import Admission
+from legator_mcp.gateway._admission import Admission, InventoryPacer
 from legator_mcp.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -32,6 +32,17 @@ async def test_the_bucket_admits_a_burst_then_says_how_long_to_wait() -> None:
     assert door.take_token() == pytest.approx(2.0)  # one token at 0.5/s
     clock.now += 2.0
     assert door.take_token() == 0.0
+
+
+async def test_inventories_get_one_slot_each_at_the_paced_rate_up_to_the_longest_delay() -> None:
+    clock = _Clock()
+    pacer = InventoryPacer(per_second=4, max_delay_s=1.0, clock=clock)
+    assert [pacer.delay() for _ in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]  # a storm: later slots, capped
+    clock.now += 0.5
+    assert pacer.delay() == pytest.approx(0.75)  # the next free slot, not the cap: the capped ones share one
+    clock.now += 60
+    assert pacer.delay() == 0.0  # idle again: a probe connecting alone is not made to wait
+    assert pacer.delay() == 0.25
 
 
 async def test_connections_queue_for_a_handshake_slot_in_order() -> None:

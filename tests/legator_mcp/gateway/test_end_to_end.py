@@ -310,6 +310,36 @@ async def test_a_killed_probe_goes_offline_and_probes_reconnect_after_a_restart(
         second.terminate()
 
 
+async def test_a_probe_waits_for_the_inventory_slot_its_welcome_gave(fast_settings: Settings, tmp_path: Path) -> None:
+    paced = fast_settings.model_copy(update={"probe_inventory_per_second": 0.01, "probe_inventory_max_delay_s": 3600.0})
+    async with serve(paced) as cp:
+        first = await _online_probe(cp, tmp_path, name="first")
+        second: ProbeProcess | None = None
+        try:
+            await until(lambda: _inventory_received_at(cp, first.probe_id))  # the first slot is now
+            second = await _online_probe(cp, tmp_path, name="second")  # the next one is 100 s away
+            log = second.log
+            await until(lambda: "the slot the control plane gave" in log.read_text(encoding="utf-8", errors="replace"))
+            # It is connected and heartbeating, but keeps its inventory for its slot.
+            seen = await until(lambda: _last_seen(cp, second.probe_id))
+            assert seen is not None
+            await until(lambda: _seen_after(cp, second.probe_id, seen, heartbeats=2))
+            assert await _inventory_received_at(cp, second.probe_id) is None
+        finally:
+            first.terminate()
+            if second is not None:
+                second.terminate()
+
+
+async def _last_seen(cp: Running, probe_id: str) -> datetime | None:
+    return (await cp.app.services.fleet.get_probe(probe_id)).last_seen_at
+
+
+async def _seen_after(cp: Running, probe_id: str, since: datetime, heartbeats: int = 1) -> bool:
+    last = await _last_seen(cp, probe_id)
+    return last is not None and (last - since).total_seconds() >= heartbeats * 0.4
+
+
 async def _inventory_received_at(cp: Running, probe_id: str) -> datetime | None:
     try:
         return (await cp.app.services.fleet.get_inventory(probe_id)).received_at

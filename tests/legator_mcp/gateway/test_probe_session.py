@@ -224,3 +224,27 @@ async def test_a_probe_trusting_none_of_its_keys_is_audited_and_published(cp: Ru
     audited = (await services.audit.search(AuditQuery(type="probe.keys_untrusted"))).events
     assert [(e.probe_id, e.detail) for e in audited] == [(probe_id, event.detail)]
     assert "re-register" in audited[0].summary
+
+
+@pytest.fixture
+async def slow_inventories(settings: Settings) -> AsyncIterator[Running]:
+    paced = settings.model_copy(update={"probe_inventory_per_second": 0.01, "probe_inventory_max_delay_s": 3600.0})
+    async with serve(paced) as running:
+        yield running
+
+
+async def test_the_welcome_gives_each_connection_a_later_slot_for_its_inventory(slow_inventories: Running) -> None:
+    cp = slow_inventories
+    url = cp.base_url.replace("http://", "ws://") + "/ws/probe"
+    delays: list[float | None] = []
+    with anyio.fail_after(30):
+        for name in ("paced-1", "paced-2"):
+            registered = await register_probe(cp.base_url, cp.admin_key, name)
+            headers = {"Authorization": f"Bearer {registered['credential']}"}
+            async with ws_client.connect(url, additional_headers=headers) as ws:
+                probe = _Probe(ws, registered)
+                probe.protocol.send_hello(HelloPayload(probe_id=registered["probe_id"], version="1.0", hostname=name))
+                await probe.flush()
+                delays.append((await probe.until_policy()).payload.inventory_delay_s)
+    assert delays[0] == 0.0  # the first to connect sends at once
+    assert delays[1] is not None and 99 < delays[1] <= 100  # the next slot, 1 / 0.01 s later
