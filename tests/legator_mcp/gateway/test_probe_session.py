@@ -190,8 +190,13 @@ async def test_a_key_rotation_lost_with_its_connection_is_signed_for_and_sent_ag
             await probe.until_policy()  # signed with the key it trusts, so it verifies
             rotation = await probe.next_event(KeyRotationMessage)
     assert rotation.payload.new_key_id == rotated.key_id
-    delivered = (await services.audit.search(AuditQuery(type="probe.key_delivered"))).events
-    assert [(e.probe_id, (e.detail or {}).get("redelivered")) for e in delivered] == [(probe_id, True)]
+
+    async def delivered() -> list[tuple[str | None, object]]:
+        # Audited once the push succeeded, so possibly just after the probe has the frame.
+        events = (await services.audit.search(AuditQuery(type="probe.key_delivered"))).events
+        return [(e.probe_id, (e.detail or {}).get("redelivered")) for e in events]
+
+    assert await until(delivered) == [(probe_id, True)]
 
 
 async def test_a_probe_trusting_none_of_its_keys_is_audited_and_published(cp: Running) -> None:
